@@ -1,0 +1,749 @@
+"""The configuration of edgegw: one typed tree loaded from one TOML file.
+
+The file is decoded with ``tomllib`` and converted strictly into frozen msgspec Structs that
+refuse unknown keys, so a typo is an error rather than a silently ignored setting. After
+decoding, semantic checks (port ranges, enums, duplicates, E.164 numbers, expiry bounds, the
+demo-secret rule of DESIGN rule 7) run. Every problem is a ``ConfigError`` naming the file,
+the key and the reason (DESIGN rule 6), e.g.
+``/etc/edgegw.toml: media.port_min: expected an int, got str``.
+
+Every key has a default, so an empty file is a valid, unprovisioned box (no subscribers,
+trunks or partners). ``default_config()`` is the embedded loopback demo of the design brief
+and ``dump_default_toml()`` prints it as TOML.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+import tomllib
+import typing
+from collections.abc import Iterable, Iterator
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from gateway.store.model import SrtpPolicy, Subscriber, Transport
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ControlConfig",
+    "GeneralConfig",
+    "HttpConfig",
+    "LimitsConfig",
+    "ListenConfig",
+    "MediaConfig",
+    "PartnerConfig",
+    "SipConfig",
+    "SubscriberConfig",
+    "TrunkConfig",
+    "config_to_toml",
+    "default_config",
+    "dump_default_toml",
+    "load_config",
+    "parse_config",
+]
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["console", "json"]
+
+KNOWN_CODECS = ("PCMA", "PCMU", "G722", "G729", "opus")
+
+
+class ConfigError(ValueError):
+    """A configuration refused: ``str()`` is "FILE: KEY: REASON" ("FILE: REASON" without key)."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        super().__init__(file, key, reason)
+        self.file = file
+        self.key = key
+        self.reason = reason
+
+    def __str__(self) -> str:
+        if self.key:
+            return f"{self.file}: {self.key}: {self.reason}"
+        return f"{self.file}: {self.reason}"
+
+
+class GeneralConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    var_dir: str = "./var"
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "console"
+
+    @property
+    def var_path(self) -> Path:
+        return Path(self.var_dir)
+
+
+class ListenConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    transport: Transport
+    host: str
+    port: int
+
+
+def _default_listen() -> list[ListenConfig]:
+    return [
+        ListenConfig(transport="udp", host="127.0.0.1", port=5060),
+        ListenConfig(transport="tcp", host="127.0.0.1", port=5060),
+    ]
+
+
+class SipConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    listen: list[ListenConfig] = msgspec.field(default_factory=_default_listen)
+    realm: str = "edgegw"
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    tcp_idle_timeout: float = 600.0
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+    session_expires: int = 1800
+    min_se: int = 90
+    no_answer_timeout: float = 120.0
+    max_message_size: int = 65535
+
+
+class MediaConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    advertised_host: str = ""
+    port_min: int = 20000
+    port_max: int = 29999
+    timeout: float = 60.0
+    latch_window: float = 5.0
+
+    @property
+    def advertised(self) -> str:
+        """The address written into SDP: ``advertised_host``, or ``host`` when empty."""
+        return self.advertised_host or self.host
+
+
+class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    max_calls: int = 2000
+    cps_per_account: int = 1000
+    ban_loopback: bool = False
+
+
+class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    socket: str = ""
+
+
+class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    listen: str = "127.0.0.1:8080"
+
+    @property
+    def host(self) -> str:
+        return _split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_host_port(self.listen)[1]
+
+
+class SubscriberConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    username: str
+    password: str
+    numbers: list[str] = []
+    srtp: SrtpPolicy = "optional"
+    fallback: bool = True
+    balance: str = "0.00"
+
+    def as_subscriber(self) -> Subscriber:
+        """The store record provisioned from this entry."""
+        return Subscriber(
+            username=self.username,
+            password=self.password,
+            numbers=list(self.numbers),
+            srtp=self.srtp,
+            fallback=self.fallback,
+            balance=self.balance,
+        )
+
+
+def _default_codecs() -> list[str]:
+    return ["PCMA", "PCMU"]
+
+
+def _every_number() -> list[str]:
+    return [""]
+
+
+class TrunkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    name: str
+    host: str
+    port: int = 5060
+    transport: Transport = "udp"
+    codecs: list[str] = msgspec.field(default_factory=_default_codecs)
+    prefixes: list[str] = msgspec.field(default_factory=_every_number)
+    tariff_per_minute: str = "0.00"
+    billing_increment: tuple[int, int] = (60, 60)
+    options_ping: bool = False
+    default: bool = False
+
+
+class PartnerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    name: str
+    api_key: str
+    budget: str = "0.00"
+    masked_pool: list[str] = []
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    general: GeneralConfig = GeneralConfig()
+    sip: SipConfig = SipConfig()
+    media: MediaConfig = MediaConfig()
+    limits: LimitsConfig = LimitsConfig()
+    control: ControlConfig = ControlConfig()
+    http: HttpConfig = HttpConfig()
+    subscribers: list[SubscriberConfig] = []
+    trunks: list[TrunkConfig] = []
+    partners: list[PartnerConfig] = []
+
+    @property
+    def control_socket_path(self) -> Path:
+        """``control.socket``, or ``<var_dir>/control.sock`` when it is empty."""
+        if self.control.socket:
+            return Path(self.control.socket)
+        return self.general.var_path / "control.sock"
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def load_config(path: Path) -> Config:
+    """Read, decode and check a TOML file; raises ConfigError naming file, key and reason."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read the file: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(source, f"line {line}", "the file is not valid UTF-8") from exc
+    return parse_config(text, source=source)
+
+
+def parse_config(text: str, *, source: str) -> Config:
+    """Decode and check TOML text; ``source`` names the file in errors."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _syntax_error(source, text, exc) from exc
+    except RecursionError as exc:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise ConfigError(source, "", "TOML syntax error: values nested too deeply") from exc
+    try:
+        config = msgspec.convert(raw, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        key, reason = _explain_validation_error(str(exc))
+        raise ConfigError(source, key, reason) from exc
+    for key, reason in _problems(config):
+        raise ConfigError(source, key, reason)
+    return config
+
+
+_TOML_POSITION = re.compile(r" \(at line (\d+), column (\d+)\)$")
+_TOML_AT_END = " (at end of document)"
+
+
+def _syntax_error(source: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
+    message = str(exc)
+    position = _TOML_POSITION.search(message)
+    if position is not None:
+        key = f"line {position[1]}, column {position[2]}"
+        message = message[: position.start()]
+    else:
+        key = f"line {max(len(text.splitlines()), 1)}"
+        message = message.removesuffix(_TOML_AT_END) + " at end of file"
+    return ConfigError(source, key, f"TOML syntax error: {_lower_first(message)}")
+
+
+_MSGSPEC_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_TYPE_NAMES = {"object": "table", "null": "nothing"}
+
+
+def _explain_validation_error(text: str) -> tuple[str, str]:
+    """Turn msgspec's "Expected `int`, got `str` - at `$.a.b`" into ("a.b", reason)."""
+    match = _MSGSPEC_AT.match(text)
+    assert match is not None  # the pattern accepts every string
+    message, path = match["message"], match["path"] or ""
+    parts: list[str | int] = [name or int(index) for name, index in _PATH_PART.findall(path)]
+    if field := _backticked(message, "Object contains unknown field "):
+        return _key([*parts, field]), _unknown_key_reason(parts, field)
+    if field := _backticked(message, "Object missing required field "):
+        return _key([*parts, field]), "required key is missing"
+    if message.startswith("Invalid enum value"):
+        choices = _literal_choices(parts)
+        if choices:
+            return _key(parts), f"must be one of {', '.join(choices)}"
+    if message.startswith("Expected "):
+        return _key(parts), _expected_reason(message)
+    return _key(parts), _lower_first(message)
+
+
+def _backticked(message: str, prefix: str) -> str:
+    if message.startswith(prefix + "`") and message.endswith("`"):
+        return message[len(prefix) + 1 : -1]
+    return ""
+
+
+def _key(parts: Iterable[str | int]) -> str:
+    key = ""
+    for part in parts:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else part)
+    return key or "(top level)"
+
+
+def _expected_reason(message: str) -> str:
+    def rename(match: re.Match[str]) -> str:
+        return _TYPE_NAMES.get(match[1], match[1])
+
+    text = re.sub(r"`([^`]+)`", rename, message.removeprefix("Expected "))
+    article = "an" if text[:1] in "aeiou" else "a"
+    return f"expected {article} {text}"
+
+
+def _type_at(parts: list[str | int]) -> Any:
+    kind: Any = Config
+    for part in parts:
+        if isinstance(part, int):
+            args = typing.get_args(kind)
+            if not args:
+                return None
+            kind = args[0]
+        elif isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            kind = typing.get_type_hints(kind).get(part)
+        else:
+            return None
+    return kind
+
+
+def _literal_choices(parts: list[str | int]) -> list[str]:
+    kind = _type_at(parts)
+    if typing.get_origin(kind) is Literal:
+        return [str(choice) for choice in typing.get_args(kind)]
+    return []
+
+
+def _unknown_key_reason(parts: list[str | int], field: str) -> str:
+    kind = _type_at(parts)
+    known: tuple[str, ...] = ()
+    if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+        known = kind.__struct_fields__
+    close = get_close_matches(field, known, n=1)
+    return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+# -- semantic checks -----------------------------------------------------------------------
+
+Problem = tuple[str, str]
+
+_E164 = re.compile(r"\+[0-9]{8,15}")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+_USERNAME = re.compile(r"[A-Za-z0-9._~+-]{1,64}")
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_DEMO_PREFIX = "demo"
+
+
+def _problems(config: Config) -> Iterator[Problem]:
+    yield from _general_problems(config.general)
+    yield from _sip_problems(config.sip)
+    yield from _media_problems(config.media)
+    yield from _limits_problems(config.limits)
+    yield from _http_problems(config.http)
+    yield from _subscriber_problems(config.subscribers, config.sip.listen)
+    yield from _trunk_problems(config.trunks)
+    yield from _partner_problems(config.partners, config.http)
+    yield from _duplicate_number_problems(config)
+
+
+def _general_problems(general: GeneralConfig) -> Iterator[Problem]:
+    if not general.var_dir:
+        yield "general.var_dir", "must not be empty"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _port_problem(key: str, port: int) -> Iterator[Problem]:
+    if not 1 <= port <= 65535:
+        yield key, f"must be a port number from 1 to 65535, got {port}"
+
+
+def _seconds_problem(key: str, value: float) -> Iterator[Problem]:
+    if not (math.isfinite(value) and value > 0):
+        yield key, f"must be a number of seconds greater than 0, got {value}"
+
+
+def _sip_problems(sip: SipConfig) -> Iterator[Problem]:
+    if not sip.listen:
+        yield "sip.listen", "must name at least one address to listen on"
+    seen: dict[tuple[str, str, int], int] = {}
+    for i, listen in enumerate(sip.listen):
+        key = f"sip.listen[{i}]"
+        if not _is_ip(listen.host):
+            yield f"{key}.host", f"must be an IP address, got {listen.host!r}"
+        yield from _port_problem(f"{key}.port", listen.port)
+        ident = (listen.transport, listen.host, listen.port)
+        if ident in seen:
+            yield key, f"duplicates sip.listen[{seen[ident]}]"
+        seen.setdefault(ident, i)
+    if not sip.realm or re.search(r'["\\\x00-\x1f\x7f]', sip.realm):
+        yield "sip.realm", "must be non-empty, without quotes, backslashes or control characters"
+    for name in ("t1", "t2", "t4", "tcp_idle_timeout", "no_answer_timeout"):
+        yield from _seconds_problem(f"sip.{name}", getattr(sip, name))
+    if sip.t2 < sip.t1:
+        yield "sip.t2", f"must be at least sip.t1 ({sip.t1})"
+    yield from _expires_problems(sip)
+    if not 1024 <= sip.max_message_size <= 65535:
+        yield "sip.max_message_size", f"must be from 1024 to 65535, got {sip.max_message_size}"
+
+
+def _expires_problems(sip: SipConfig) -> Iterator[Problem]:
+    if sip.min_expires < 1:
+        yield "sip.min_expires", f"must be at least 1, got {sip.min_expires}"
+    if sip.min_expires > sip.max_expires:
+        yield "sip.min_expires", f"must not exceed sip.max_expires ({sip.max_expires})"
+    if not sip.min_expires <= sip.default_expires <= sip.max_expires:
+        yield (
+            "sip.default_expires",
+            f"must be between sip.min_expires ({sip.min_expires}) "
+            f"and sip.max_expires ({sip.max_expires})",
+        )
+    if sip.min_se < 90:
+        yield "sip.min_se", f"must be at least 90 (RFC 4028), got {sip.min_se}"
+    if sip.session_expires < sip.min_se:
+        yield "sip.session_expires", f"must be at least sip.min_se ({sip.min_se})"
+
+
+def _media_problems(media: MediaConfig) -> Iterator[Problem]:
+    if not _is_ip(media.host):
+        yield "media.host", f"must be an IP address, got {media.host!r}"
+    if media.advertised_host and not _is_ip(media.advertised_host):
+        yield (
+            "media.advertised_host",
+            f"must be empty or an IP address, got {media.advertised_host!r}",
+        )
+    yield from _port_problem("media.port_min", media.port_min)
+    yield from _port_problem("media.port_max", media.port_max)
+    if media.port_min % 2:
+        yield "media.port_min", f"must be even (RTP takes even ports), got {media.port_min}"
+    if media.port_max % 2 == 0:
+        yield (
+            "media.port_max",
+            f"must be odd so the range ends with a whole RTP/RTCP pair, got {media.port_max}",
+        )
+    if media.port_min >= media.port_max:
+        yield "media.port_max", f"must be greater than media.port_min ({media.port_min})"
+    yield from _seconds_problem("media.timeout", media.timeout)
+    yield from _seconds_problem("media.latch_window", media.latch_window)
+
+
+def _limits_problems(limits: LimitsConfig) -> Iterator[Problem]:
+    if limits.max_calls < 1:
+        yield "limits.max_calls", f"must be at least 1, got {limits.max_calls}"
+    if limits.cps_per_account < 1:
+        yield "limits.cps_per_account", f"must be at least 1, got {limits.cps_per_account}"
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    """Split "host:port" or "[v6]:port"; raises ValueError with the reason."""
+    match = re.fullmatch(r"\[([^\]]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})", text)
+    if match is None:
+        raise ValueError(f'must be "HOST:PORT" (IPv6 as "[HOST]:PORT"), got {text!r}')
+    host = match[1] or match[3]
+    port = int(match[2] or match[4])
+    if not _is_ip(host):
+        raise ValueError(f"must name an IP address, got {host!r}")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be from 1 to 65535, got {port}")
+    return host, port
+
+
+def _http_problems(http: HttpConfig) -> Iterator[Problem]:
+    try:
+        _split_host_port(http.listen)
+    except ValueError as exc:
+        yield "http.listen", str(exc)
+
+
+def _decimal_problem(key: str, value: str) -> Iterator[Problem]:
+    if not _DECIMAL.fullmatch(value):
+        yield key, f'must be a non-negative decimal string such as "12.50", got {value!r}'
+
+
+def _number_problems(key: str, numbers: list[str]) -> Iterator[Problem]:
+    for j, number in enumerate(numbers):
+        if not _E164.fullmatch(number):
+            yield f"{key}[{j}]", f"must be E.164: '+' then 8 to 15 digits, got {number!r}"
+
+
+def _subscriber_problems(
+    subscribers: list[SubscriberConfig], listen: list[ListenConfig]
+) -> Iterator[Problem]:
+    loopback_only = all(_is_loopback(entry.host) for entry in listen)
+    seen: dict[str, int] = {}
+    for i, sub in enumerate(subscribers):
+        key = f"subscribers[{i}]"
+        if not _USERNAME.fullmatch(sub.username):
+            yield f"{key}.username", "must be 1 to 64 letters, digits or . _ ~ + -"
+        if sub.username in seen:
+            yield (
+                f"{key}.username",
+                f"duplicate username {sub.username!r} (also subscribers[{seen[sub.username]}])",
+            )
+        seen.setdefault(sub.username, i)
+        if not sub.password:
+            yield f"{key}.password", "must not be empty"
+        elif sub.password.startswith(_DEMO_PREFIX) and not loopback_only:
+            yield (
+                f"{key}.password",
+                "demo passwords are accepted only while SIP listens on loopback",
+            )
+        yield from _number_problems(f"{key}.numbers", sub.numbers)
+        yield from _decimal_problem(f"{key}.balance", sub.balance)
+
+
+def _unique_name_problems(section: str, names: list[str]) -> Iterator[Problem]:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not _NAME.fullmatch(name):
+            yield f"{section}[{i}].name", "must be 1 to 64 letters, digits or . _ -"
+        if name in seen:
+            yield f"{section}[{i}].name", f"duplicate name {name!r} (also {section}[{seen[name]}])"
+        seen.setdefault(name, i)
+
+
+def _trunk_problems(trunks: list[TrunkConfig]) -> Iterator[Problem]:
+    yield from _unique_name_problems("trunks", [trunk.name for trunk in trunks])
+    defaults = [i for i, trunk in enumerate(trunks) if trunk.default]
+    if len(defaults) > 1:
+        yield (
+            f"trunks[{defaults[1]}].default",
+            f"only one trunk may be the default (also trunks[{defaults[0]}])",
+        )
+    for i, trunk in enumerate(trunks):
+        key = f"trunks[{i}]"
+        if not (_is_ip(trunk.host) or _HOSTNAME.fullmatch(trunk.host)):
+            yield f"{key}.host", f"must be an IP address or a host name, got {trunk.host!r}"
+        yield from _port_problem(f"{key}.port", trunk.port)
+        yield from _codec_problems(f"{key}.codecs", trunk.codecs)
+        yield from _prefix_problems(f"{key}.prefixes", trunk.prefixes)
+        yield from _decimal_problem(f"{key}.tariff_per_minute", trunk.tariff_per_minute)
+        if min(trunk.billing_increment) < 1:
+            yield (
+                f"{key}.billing_increment",
+                f"both increments must be at least 1 second, got {list(trunk.billing_increment)}",
+            )
+
+
+def _codec_problems(key: str, codecs: list[str]) -> Iterator[Problem]:
+    if not codecs:
+        yield key, "must name at least one codec"
+    known = {codec.lower(): codec for codec in KNOWN_CODECS}
+    seen: set[str] = set()
+    for j, codec in enumerate(codecs):
+        if codec.lower() not in known:
+            yield f"{key}[{j}]", f"unknown codec {codec!r} (known: {', '.join(KNOWN_CODECS)})"
+        elif codec.lower() in seen:
+            yield f"{key}[{j}]", f"codec {codec!r} is listed twice"
+        seen.add(codec.lower())
+
+
+def _prefix_problems(key: str, prefixes: list[str]) -> Iterator[Problem]:
+    if not prefixes:
+        yield key, 'must name at least one prefix ("" takes every number)'
+    seen: set[str] = set()
+    for j, prefix in enumerate(prefixes):
+        if not re.fullmatch(r"[0-9]{0,15}", prefix):
+            yield (
+                f"{key}[{j}]",
+                f"must be leading digits of the E.164 number without '+', got {prefix!r}",
+            )
+        elif prefix in seen:
+            yield f"{key}[{j}]", f"prefix {prefix!r} is listed twice"
+        seen.add(prefix)
+
+
+def _partner_problems(partners: list[PartnerConfig], http: HttpConfig) -> Iterator[Problem]:
+    yield from _unique_name_problems("partners", [partner.name for partner in partners])
+    try:
+        http_loopback = _is_loopback(_split_host_port(http.listen)[0])
+    except ValueError:
+        http_loopback = False  # http.listen itself is reported by _http_problems
+    for i, partner in enumerate(partners):
+        key = f"partners[{i}]"
+        if not partner.api_key:
+            yield f"{key}.api_key", "must not be empty"
+        elif partner.api_key.startswith(_DEMO_PREFIX) and not http_loopback:
+            yield f"{key}.api_key", "demo keys are accepted only while HTTP listens on loopback"
+        yield from _decimal_problem(f"{key}.budget", partner.budget)
+        yield from _number_problems(f"{key}.masked_pool", partner.masked_pool)
+
+
+def _duplicate_number_problems(config: Config) -> Iterator[Problem]:
+    owners: dict[str, str] = {}
+    lists = [(f"subscribers[{i}].numbers", s.numbers) for i, s in enumerate(config.subscribers)]
+    lists += [(f"partners[{i}].masked_pool", p.masked_pool) for i, p in enumerate(config.partners)]
+    for key, numbers in lists:
+        for j, number in enumerate(numbers):
+            if number in owners:
+                yield f"{key}[{j}]", f"duplicate number {number} (also {owners[number]})"
+            owners.setdefault(number, f"{key}[{j}]")
+
+
+# -- the embedded default and its TOML text --------------------------------------------------
+
+
+def default_config(var_dir: Path | str | None = None) -> Config:
+    """The loopback demo of the design brief (``./justw run`` starts on this)."""
+    general = GeneralConfig() if var_dir is None else GeneralConfig(var_dir=str(var_dir))
+    subscribers = [
+        SubscriberConfig(
+            username=user,
+            password=f"demo{user}",
+            numbers=[number],
+            srtp="optional",
+            fallback=True,
+            balance="1000000.00",
+        )
+        for user, number in (("1001", "+8613900139001"), ("1002", "+8613900139002"))
+    ]
+    carrier = TrunkConfig(
+        name="demo-carrier",
+        host="127.0.0.1",
+        port=5080,
+        transport="udp",
+        codecs=["PCMA", "PCMU"],
+        prefixes=[""],
+        tariff_per_minute="0.10",
+        billing_increment=(60, 60),
+        options_ping=False,
+    )
+    partner = PartnerConfig(
+        name="demo",
+        api_key="demo-key",
+        budget="1000000.00",
+        masked_pool=[f"+86170000000{n:02d}" for n in range(100)],
+    )
+    return Config(
+        general=general,
+        limits=LimitsConfig(max_calls=2000, cps_per_account=1000, ban_loopback=False),
+        subscribers=subscribers,
+        trunks=[carrier],
+        partners=[partner],
+    )
+
+
+_DEFAULT_HEADER = """\
+# edgegw embedded default: the loopback demo (see DESIGN.md, "Outside contract").
+# Every key shown has this value when it is left out; an empty file is a valid,
+# unprovisioned box without subscribers, trunks or partners.
+# Demo passwords and keys (starting with "demo") are refused unless SIP (resp. HTTP)
+# listens on loopback only.
+"""
+
+
+def dump_default_toml() -> str:
+    """The embedded default as commented TOML text; ``parse_config`` reads it back."""
+    return _DEFAULT_HEADER + config_to_toml(default_config())
+
+
+def config_to_toml(config: Config) -> str:
+    """Serialize a configuration as TOML (tables, arrays of tables, inline tables in lists)."""
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    plain = {k: v for k, v in data.items() if not _is_table(v) and not _is_table_array(v)}
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in plain.items()]
+    for name, value in data.items():
+        if _is_table(value):
+            lines += ["", f"[{_toml_key(name)}]", *_toml_pairs(value)]
+        elif _is_table_array(value):
+            for item in value:
+                lines += ["", f"[[{_toml_key(name)}]]", *_toml_pairs(item)]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _is_table(value: object) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_table_array(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _toml_pairs(table: dict[str, Any]) -> list[str]:
+    return [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()]
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_string(key)
+
+
+def _toml_string(text: str) -> str:
+    # JSON escapes are TOML escapes, except that TOML also forbids a raw DEL.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007F")
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _toml_float(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(_toml_pairs(value)) + " }" if value else "{}"
+    if isinstance(value, list | tuple):
+        return _toml_array([_toml_value(v) for v in value])
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _toml_float(value: float) -> str:
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return repr(value)
+
+
+def _toml_array(items: list[str]) -> str:
+    one_line = "[" + ", ".join(items) + "]"
+    if len(one_line) <= 80:
+        return one_line
+    rows: list[str] = []
+    for item in items:
+        if rows and len(rows[-1]) + len(item) + 2 <= 88:
+            rows[-1] += f" {item},"
+        else:
+            rows.append(f"    {item},")
+    return "[\n" + "\n".join(rows) + "\n]"

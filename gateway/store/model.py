@@ -1,0 +1,107 @@
+"""Records that edgegw keeps in its store (DESIGN rule 5: written before acknowledged).
+
+Plain msgspec Structs shared by every store implementation and by the call logic:
+subscribers (app users and the numbers they own), registrar bindings (RFC 3261 10.3,
+with the RFC 5626 flow fields), call detail records and the checkpoint rows of calls in
+progress, from which a restart closes calls that a crash left open.
+
+Every time here is wall-clock seconds since the epoch (``time.time()``): these records
+outlive the process, so the monotonic clock of the protocol code means nothing to them.
+The records are frozen; change one with ``msgspec.structs.replace``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+SrtpPolicy = Literal["mandatory", "optional", "off"]
+Transport = Literal["udp", "tcp", "tls"]
+
+__all__ = ["ActiveCall", "Binding", "Cdr", "SrtpPolicy", "Subscriber", "Transport"]
+
+
+class Subscriber(msgspec.Struct, frozen=True, kw_only=True):
+    """An app user: digest credentials, the E.164 numbers it owns and its policies.
+
+    ``balance`` is a decimal string (e.g. "12.50") so money never passes through a float.
+    """
+
+    username: str
+    password: str
+    numbers: list[str]
+    srtp: SrtpPolicy = "optional"
+    fallback: bool = True
+    balance: str = "0.00"
+
+
+class Binding(msgspec.Struct, frozen=True, kw_only=True):
+    """One registered contact of an address-of-record (RFC 3261 10.3).
+
+    The store keys bindings by (aor, contact). ``source_host``/``source_port`` are where
+    the REGISTER came from (the address requests to this contact are sent to, since app
+    clients sit behind NAT) and ``local_host``/``local_port`` the gateway's own address it
+    arrived on (requests leave from the same socket, through the same NAT pinhole).
+    ``transport`` is "udp", "tcp" or "tls"; ``flow_id`` names the transport connection the
+    binding arrived on, ``instance`` and ``reg_id`` are the RFC 5626 +sip.instance and reg-id.
+    The store records every field as given; it does not judge them.
+    """
+
+    aor: str
+    contact: str
+    expires_at: float
+    source_host: str
+    source_port: int
+    local_host: str
+    local_port: int
+    transport: str
+    flow_id: str | None = None
+    instance: str | None = None
+    reg_id: int | None = None
+    call_id: str
+    cseq: int
+    user_agent: str | None = None
+
+
+class Cdr(msgspec.Struct, frozen=True, kw_only=True):
+    """A call detail record: one finished call attempt, answered or not.
+
+    ``route`` is "app" or "trunk"; ``duration`` is seconds from answer to end (0.0 for an
+    unanswered call); ``disposition`` is one of "answered", "busy", "no-answer",
+    "cancelled", "failed", "rejected"; ``end_reason`` says who or what ended it (e.g.
+    "caller-bye", "media-timeout", "gateway-restart"); ``sip_status`` is the final status
+    the caller saw, when there was one. The id is the call's id, the same as its
+    ``ActiveCall`` checkpoint row. The store never refuses a CDR for its labels: a call
+    that happened is recorded whatever its code called it.
+    """
+
+    id: str
+    caller: str
+    callee: str
+    route: str
+    trunk: str | None
+    start: float
+    answer: float | None
+    end: float
+    duration: float
+    disposition: str
+    end_reason: str
+    sip_status: int | None
+    caller_call_id: str
+    callee_call_id: str | None
+
+
+class ActiveCall(msgspec.Struct, frozen=True, kw_only=True):
+    """Checkpoint row of a call in progress; ``last_seen`` is when it was last known alive."""
+
+    id: str
+    caller: str
+    callee: str
+    route: str
+    trunk: str | None
+    start: float
+    answer: float | None
+    last_seen: float
+    caller_call_id: str
+    callee_call_id: str | None
