@@ -1,0 +1,449 @@
+"""RTP/RTCP relay of one call under Trio: ports, sockets and the packet loops.
+
+A :class:`MediaSession` owns two legs, "a" (caller side) and "b" (callee
+side), each with an RTP socket on an even port and an RTCP socket on the next
+port (RFC 3550 11). What arrives on one leg leaves through the same stream of
+the other leg, toward that leg's peer: the address the peer was latched to,
+else the address its SDP announced (RFC 4566 c=/m=, RFC 3605 a=rtcp).
+Which sources are accepted is decided by :mod:`gateway.media.latching`, the
+sans-IO part; this module only moves bytes.
+
+Structured concurrency (DESIGN rule 2): the call starts ``run`` with
+``nursery.start``, which returns once all four ports are bound, so the SDP
+that names them is sent only after they exist; cancelling the call's scope
+stops the loops, closes the sockets and hands the ports back.
+
+The media timeout is not enforced here: the call reads :attr:`last_activity`
+and ends itself when the peer has been silent too long.
+
+The per-packet loop reads into one preallocated buffer per socket, drains
+what is queued (bounded, for fairness) after each readiness wake, and sends
+with the plain non-blocking socket call; ``trio.lowlevel.wait_readable`` and
+``wait_writable`` do the waiting. The trio socket wrapper is not used there
+because it re-resolves the destination address on every ``sendto``.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from gateway.media.latching import (
+    Address,
+    DropReason,
+    Endpoint,
+    Leg,
+    SessionState,
+    count_drop,
+    forward,
+    open_window,
+    rebind,
+)
+
+__all__ = [
+    "LocalPorts",
+    "MediaSession",
+    "PortAllocator",
+    "PortPair",
+    "PortsExhausted",
+    "canonical_host",
+]
+
+LocalPorts = dict[str, tuple[int, int]]
+
+# RTP over UDP stays under the path MTU (1500); 2 KiB leaves room and keeps
+# the four buffers of a call at 8 KiB. Longer datagrams are dropped, not cut.
+_BUFFER_SIZE = 2048
+# Packets drained per readiness wake before yielding to other calls.
+_BATCH = 64
+# Bind errors that mean "someone else has this port": try the next pair.
+_PORT_TAKEN = frozenset({errno.EADDRINUSE, errno.EACCES})
+
+
+class PortsExhausted(Exception):
+    """No free RTP/RTCP port pair is left in the allocator's range."""
+
+
+def canonical_host(host: str) -> tuple[socket.AddressFamily, str]:
+    """The family and canonical text of a numeric IP address.
+
+    Canonical means what the kernel reports as a packet's source, so SDP
+    addresses and received sources compare as plain strings.
+    """
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            packed = socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family, socket.inet_ntop(family, packed)
+    raise ValueError(f"not a numeric IPv4 or IPv6 address: {host!r}")
+
+
+def _udp_socket(family: socket.AddressFamily, host: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        # Another process's port must make us move on, never share it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(eq=False)
+class PortPair:
+    """Two bound UDP sockets: RTP on an even port, RTCP on the next one."""
+
+    host: str
+    rtp_port: int
+    rtcp_port: int
+    rtp_socket: socket.socket
+    rtcp_socket: socket.socket
+    _release: Callable[[int], None] = field(repr=False)
+    closed: bool = False
+
+    def close(self) -> None:
+        """Close both sockets and give the ports back (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.rtp_socket.close()
+        self.rtcp_socket.close()
+        self._release(self.rtp_port)
+
+
+class PortAllocator:
+    """Hands out RTP/RTCP port pairs from ``[port_min, port_max]`` on ``host``.
+
+    RTP ports are even and RTCP is RTP + 1 (RFC 3550 11). Allocation walks the
+    range round-robin from where the last one stopped, so a port just freed is
+    not reused at once (late packets of the old call go nowhere). Ports bound
+    by other processes are skipped.
+    """
+
+    def __init__(self, host: str, port_min: int, port_max: int) -> None:
+        if not 1 <= port_min <= port_max <= 65535:
+            raise ValueError(
+                f"media port range {port_min}-{port_max} is invalid: "
+                "need 1 <= port_min <= port_max <= 65535"
+            )
+        self.family, self.host = canonical_host(host)
+        self.port_min = port_min
+        self.port_max = port_max
+        first = port_min + (port_min & 1)
+        self._rtp_ports = range(first, port_max, 2)
+        if not self._rtp_ports:
+            raise ValueError(
+                f"media port range {port_min}-{port_max} holds no even/odd RTP/RTCP pair"
+            )
+        self._cursor = 0
+        self._in_use: set[int] = set()
+
+    @property
+    def capacity(self) -> int:
+        """How many pairs the range holds."""
+        return len(self._rtp_ports)
+
+    @property
+    def in_use(self) -> int:
+        """How many pairs are handed out and not yet closed."""
+        return len(self._in_use)
+
+    def allocate(self) -> PortPair:
+        """Bind the next free pair; raise :class:`PortsExhausted` when none is left."""
+        ports = self._rtp_ports
+        for step in range(len(ports)):
+            index = (self._cursor + step) % len(ports)
+            rtp_port = ports[index]
+            if rtp_port in self._in_use:
+                continue
+            pair = self._try_bind(rtp_port)
+            if pair is not None:
+                self._cursor = (index + 1) % len(ports)
+                self._in_use.add(rtp_port)
+                return pair
+        raise PortsExhausted(
+            f"no free RTP/RTCP port pair in {self.host} {self.port_min}-{self.port_max} "
+            f"({self.in_use} of {self.capacity} pairs in use by this gateway)"
+        )
+
+    def _try_bind(self, rtp_port: int) -> PortPair | None:
+        try:
+            rtp = _udp_socket(self.family, self.host, rtp_port)
+        except OSError as exc:
+            self._raise_unless_taken(exc, rtp_port)
+            return None
+        try:
+            rtcp = _udp_socket(self.family, self.host, rtp_port + 1)
+        except OSError as exc:
+            rtp.close()
+            self._raise_unless_taken(exc, rtp_port + 1)
+            return None
+        return PortPair(self.host, rtp_port, rtp_port + 1, rtp, rtcp, self._release)
+
+    def _raise_unless_taken(self, exc: OSError, port: int) -> None:
+        # "Taken" means another process holds it: skip. Anything else (address
+        # not on this host, ...) is a configuration error worth stopping on.
+        if exc.errno in _PORT_TAKEN:
+            return
+        raise OSError(
+            exc.errno, f"cannot bind media port {self.host} port {port}: {exc.strerror}"
+        ) from exc
+
+    def _release(self, rtp_port: int) -> None:
+        self._in_use.discard(rtp_port)
+
+
+def _address_json(address: Address | None) -> list[Any] | None:
+    return None if address is None else [address[0], address[1]]
+
+
+def _endpoint_stats(endpoint: Endpoint, local: tuple[str, int] | None) -> dict[str, Any]:
+    return {
+        "local": _address_json(local),
+        "expected": _address_json(endpoint.expected),
+        "latched": _address_json(endpoint.latched),
+        "packets_in": endpoint.packets_in,
+        "bytes_in": endpoint.bytes_in,
+        "packets_out": endpoint.packets_out,
+        "bytes_out": endpoint.bytes_out,
+        "drops": {str(reason): count for reason, count in endpoint.drops.items()},
+        "last_rx": endpoint.last_rx,
+    }
+
+
+_COUNTERS = ("packets_in", "bytes_in", "packets_out", "bytes_out")
+
+
+class MediaSession:
+    """The relay of one call: legs "a" and "b", RTP and RTCP each.
+
+    ``host_for_sdp`` is the address the call writes into the SDP it sends
+    (the public address when the box sits behind a 1:1 NAT); the sockets bind
+    on the allocator's host. ``latch_window`` and ``symmetric_any_host`` are
+    the latching policy of :mod:`gateway.media.latching`.
+    """
+
+    def __init__(
+        self,
+        allocator: PortAllocator,
+        *,
+        host_for_sdp: str,
+        latch_window: float,
+        clock: Callable[[], float] = trio.current_time,
+        symmetric_any_host: bool = True,
+    ) -> None:
+        self._allocator = allocator
+        _, self.host_for_sdp = canonical_host(host_for_sdp)
+        self._clock = clock
+        self.state = SessionState.create(
+            latch_window=latch_window, symmetric_any_host=symmetric_any_host
+        )
+        self._pairs: dict[str, PortPair] = {}
+        self._started_at: float | None = None
+        self._run_called = False
+
+    @property
+    def local_ports(self) -> LocalPorts:
+        """``{"a": (rtp, rtcp), "b": (rtp, rtcp)}``; valid once ``run`` has started."""
+        if not self._pairs:
+            raise RuntimeError("media session has no ports yet: start run() first")
+        return {leg: (pair.rtp_port, pair.rtcp_port) for leg, pair in self._pairs.items()}
+
+    @property
+    def last_activity(self) -> float:
+        """Clock time of the last accepted packet on either leg (or of the start).
+
+        The call compares it with its media timeout; the relay never ends a
+        call by itself.
+        """
+        if self._started_at is None:
+            raise RuntimeError("media session not started: no activity to report")
+        latest = self._started_at
+        for endpoint in self._endpoints():
+            if endpoint.last_rx is not None and endpoint.last_rx > latest:
+                latest = endpoint.last_rx
+        return latest
+
+    def set_remote(self, leg: str, host: str, rtp_port: int, rtcp_port: int | None = None) -> None:
+        """Record the media address the peer of ``leg`` announced in its SDP.
+
+        ``rtcp_port`` defaults to ``rtp_port + 1``. Port 0 disables the
+        stream (RFC 3264 6: a refused stream), which also forgets its latch.
+        Otherwise an unspecified host (``0.0.0.0``/``::``, old-style hold,
+        RFC 3264 8.4) leaves the current addresses as they are: sending there
+        would reach this box itself. A changed address opens a
+        latch window toward it (:func:`gateway.media.latching.rebind`); an
+        unchanged one keeps the strict latch.
+        """
+        rtp_ep = self.state.endpoint(_as_leg(leg), "rtp")
+        rtcp_ep = self.state.endpoint(_as_leg(leg), "rtcp")
+        family, canonical = canonical_host(host)
+        if family != self._allocator.family:
+            raise ValueError(
+                f"leg {leg}: remote media address {host} is "
+                f"{_family_name(family)} but the media sockets are "
+                f"{_family_name(self._allocator.family)}"
+            )
+        _check_port(leg, "RTP", rtp_port)
+        if rtcp_port is None:
+            rtcp_port = rtp_port + 1 if rtp_port else 0
+        _check_port(leg, "RTCP", rtcp_port)
+        if rtp_port and canonical in ("0.0.0.0", "::"):
+            return
+        now = self._clock()
+        self._rebind(rtp_ep, (canonical, rtp_port) if rtp_port else None, now)
+        self._rebind(rtcp_ep, (canonical, rtcp_port) if rtp_port and rtcp_port else None, now)
+
+    @staticmethod
+    def _rebind(endpoint: Endpoint, expected: Address | None, now: float) -> None:
+        if expected != endpoint.expected:
+            rebind(endpoint, expected, now)
+
+    def open_latch_window(self, leg: str) -> None:
+        """Restart the latch window of ``leg`` if it has not latched yet.
+
+        For the call to use when the call is answered: many clients start
+        sending only then, which may be well after their SDP arrived.
+        """
+        now = self._clock()
+        open_window(self.state.endpoint(_as_leg(leg), "rtp"), now)
+        open_window(self.state.endpoint(_as_leg(leg), "rtcp"), now)
+
+    def stats(self) -> dict[str, Any]:
+        """Per leg: counters (totals and per stream), drops by reason, addresses."""
+        result: dict[str, Any] = {}
+        legs: tuple[Leg, ...] = ("a", "b")
+        for leg in legs:
+            pair = self._pairs.get(leg)
+            rtp_local = None if pair is None else (pair.host, pair.rtp_port)
+            rtcp_local = None if pair is None else (pair.host, pair.rtcp_port)
+            streams = {
+                "rtp": _endpoint_stats(self.state.endpoint(leg, "rtp"), rtp_local),
+                "rtcp": _endpoint_stats(self.state.endpoint(leg, "rtcp"), rtcp_local),
+            }
+            totals: dict[str, Any] = {
+                name: streams["rtp"][name] + streams["rtcp"][name] for name in _COUNTERS
+            }
+            drops: dict[str, int] = {}
+            for stream_stats in streams.values():
+                for reason, count in stream_stats["drops"].items():
+                    drops[reason] = drops.get(reason, 0) + count
+            result[leg] = {**totals, "drops": drops, **streams}
+        return result
+
+    def _endpoints(self) -> tuple[Endpoint, ...]:
+        state = self.state
+        return (state.a_rtp, state.a_rtcp, state.b_rtp, state.b_rtcp)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[LocalPorts] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind both legs' ports, report them, then relay until cancelled."""
+        if self._run_called:
+            raise RuntimeError("MediaSession.run() may be called only once")
+        self._run_called = True
+        a = self._allocator.allocate()
+        try:
+            b = self._allocator.allocate()
+        except BaseException:
+            a.close()
+            raise
+        self._pairs = {"a": a, "b": b}
+        try:
+            self._started_at = self._clock()
+            state = self.state
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, a.rtp_socket, b.rtp_socket, state.a_rtp, state.b_rtp)
+                nursery.start_soon(self._pump, b.rtp_socket, a.rtp_socket, state.b_rtp, state.a_rtp)
+                nursery.start_soon(
+                    self._pump, a.rtcp_socket, b.rtcp_socket, state.a_rtcp, state.b_rtcp
+                )
+                nursery.start_soon(
+                    self._pump, b.rtcp_socket, a.rtcp_socket, state.b_rtcp, state.a_rtcp
+                )
+                task_status.started(self.local_ports)
+        finally:
+            for pair in (a, b):
+                # Trio must forget the fds before they are closed and reused.
+                trio.lowlevel.notify_closing(pair.rtp_socket)
+                trio.lowlevel.notify_closing(pair.rtcp_socket)
+                pair.close()
+
+    async def _pump(
+        self, rx: socket.socket, tx: socket.socket, src_ep: Endpoint, dst_ep: Endpoint
+    ) -> None:
+        """Relay what arrives on ``rx`` out of ``tx``: the hot loop."""
+        buf = bytearray(_BUFFER_SIZE)
+        view = memoryview(buf)
+        recvfrom_into = rx.recvfrom_into
+        sendto = tx.sendto
+        clock = self._clock
+        wait_readable = trio.lowlevel.wait_readable
+        trunc = socket.MSG_TRUNC
+        while True:
+            await wait_readable(rx)
+            now = clock()
+            for _ in range(_BATCH):
+                try:
+                    # MSG_TRUNC: the real length comes back, so oversize shows.
+                    n, src = recvfrom_into(buf, 0, trunc)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    # A queued ICMP error; the socket stays usable.
+                    break
+                if n > _BUFFER_SIZE:
+                    count_drop(src_ep, DropReason.TOO_LARGE)
+                    continue
+                destination = forward(src_ep, dst_ep, n, src, now, buf[0])
+                if destination is None:
+                    continue
+                try:
+                    sendto(view[:n], destination)
+                except BlockingIOError:
+                    if not await _send_when_writable(tx, view[:n], destination):
+                        count_drop(dst_ep, DropReason.SEND_ERROR)
+                        continue
+                except OSError:
+                    count_drop(dst_ep, DropReason.SEND_ERROR)
+                    continue
+                dst_ep.packets_out += 1
+                dst_ep.bytes_out += n
+
+
+async def _send_when_writable(tx: socket.socket, data: memoryview, destination: Address) -> bool:
+    # The send buffer was full: wait once for room rather than drop at once.
+    await trio.lowlevel.wait_writable(tx)
+    try:
+        tx.sendto(data, destination)
+    except OSError:
+        return False
+    return True
+
+
+def _as_leg(leg: str) -> Leg:
+    # The call layer passes plain strings; refuse anything but the two legs.
+    if leg == "a":
+        return "a"
+    if leg == "b":
+        return "b"
+    raise ValueError(f"unknown leg {leg!r}: expected 'a' or 'b'")
+
+
+def _family_name(family: socket.AddressFamily) -> str:
+    return "IPv6" if family == socket.AF_INET6 else "IPv4"
+
+
+def _check_port(leg: str, what: str, port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"leg {leg}: remote {what} port {port} is out of range 0-65535")
