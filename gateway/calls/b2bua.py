@@ -1,0 +1,879 @@
+"""The back-to-back user agent: one call, two independent legs (RFC 3261 as UAS and UAC).
+
+Leg "a" faces the caller, leg "b" the callee (an app's bindings, forked in
+parallel, or a carrier trunk). Each leg has its own Call-ID, tags, Via and
+Contact: nothing of one leg's addresses reaches the other. SDP is rewritten to
+the call's relay ports on each side (RFC 3264 offer/answer carried through).
+Everything of a call runs in one Trio nursery (DESIGN rule 2); leaving it
+cancels the relay, the timers and the pending work, and writes the CDR.
+
+Covered: provisional relay with early media (183 + SDP), 2xx with ACK on each
+leg and 2xx retransmission until the caller's ACK (RFC 3261 13.3.1.4), CANCEL
+(9.1, 9.2) both ways, BYE from either side, re-INVITE and UPDATE (RFC 3311)
+carried across with SDP rewritten, session timers (RFC 4028) per leg, media
+timeout, no-answer timeout (408), best-response choice over forks (16.7).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+import trio
+
+from gateway.calls.call import CallRecord, CallState
+from gateway.calls.registrar import destination_of
+from gateway.calls.router import AppRoute, TrunkRoute
+from gateway.config import Config
+from gateway.media.relay import MediaSession, PortAllocator, PortsExhausted
+from gateway.sip.dialog import Dialog, DialogError
+from gateway.sip.headers import CSeq
+from gateway.sip.message import (
+    Headers,
+    Request,
+    Response,
+    make_response,
+    new_call_id,
+    new_tag,
+)
+from gateway.sip.sdp import (
+    Origin,
+    SdpError,
+    SessionDescription,
+    parse_sdp,
+    rewrite_for_relay,
+)
+from gateway.sip.session_timer import (
+    IntervalTooSmall,
+    SessionEvent,
+    SessionTimer,
+    SessionTimerError,
+)
+from gateway.store.model import Subscriber
+from gateway.transport.endpoint import (
+    ClientEvent,
+    ClientHandle,
+    ServerHandle,
+    SipEndpoint,
+    TransactionTimeout,
+)
+from gateway.transport.flow import Destination, hostport
+
+log = structlog.get_logger("edgegw.call")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, REGISTER"
+USER_AGENT = "edgegw"
+
+
+class CallHost(Protocol):
+    """What a call needs from the gateway around it."""
+
+    endpoint: SipEndpoint
+    config: Config
+    allocator: PortAllocator
+
+    def register_dialog(self, call_id: str, local_tag: str, call: Call, leg: str) -> None: ...
+    def forget(self, call: Call) -> None: ...
+    async def record(self, call: Call) -> None: ...
+
+
+@dataclass(eq=False)
+class Leg:
+    name: str  # "a" (caller side) or "b" (callee side)
+    call_id: str
+    local_tag: str
+    origin: Origin
+    destination: Destination | None = None
+    dialog: Dialog | None = None
+    last_sdp_sent: bytes | None = None
+    timer: SessionTimer | None = None
+    peer_allows_update: bool = False
+    busy: bool = False  # a re-INVITE/UPDATE of ours is in progress on this leg
+    bye_done: bool = False  # a BYE went or came on this leg
+    acked: trio.Event = field(default_factory=trio.Event)
+
+    def sdp_for(self, sdp: SessionDescription, ports: tuple[int, int], host: str) -> bytes:
+        """SDP toward this leg, on this leg's relay ports; the origin version moves on change."""
+        rewritten = rewrite_for_relay(
+            sdp, address=host, ports=_ports(sdp, ports[0]), origin=self.origin
+        )
+        body = rewritten.to_bytes()
+        if self.last_sdp_sent is not None and body != self.last_sdp_sent:
+            self.origin = self.origin.bumped()
+            rewritten = rewrite_for_relay(
+                sdp, address=host, ports=_ports(sdp, ports[0]), origin=self.origin
+            )
+            body = rewritten.to_bytes()
+        self.last_sdp_sent = body
+        return body
+
+
+@dataclass(eq=False)
+class Branch:
+    """One fork of the callee leg: its INVITE, transaction and what came of it."""
+
+    request: Request
+    destination: Destination
+    handle: ClientHandle | None = None
+    provisional: bool = False
+    final: int | None = None
+    cancel_wanted: bool = False
+    cancelled: bool = False
+
+
+def _ports(sdp: SessionDescription, port: int) -> list[int]:
+    """Our relay port for the first live audio stream; every other stream is refused (0)."""
+    ports: list[int] = []
+    used = False
+    for media in sdp.media:
+        if not used and media.media == "audio" and media.port != 0:
+            ports.append(port)
+            used = True
+        else:
+            ports.append(0)
+    return ports
+
+
+def media_target(sdp: SessionDescription) -> tuple[str, int, int | None] | None:
+    """The address, RTP and RTCP ports of the first live audio stream."""
+    for media in sdp.media:
+        if media.media != "audio" or media.port == 0:
+            continue
+        connection = media.connection or sdp.connection
+        if connection is None:
+            return None
+        rtcp = media.port if media.rtcp_mux else (media.rtcp_port or media.port + 1)
+        return connection.address, media.port, rtcp
+    return None
+
+
+def new_origin(host: str) -> Origin:
+    session = secrets.randbelow(2**31) + 1
+    addrtype = "IP6" if ":" in host else "IP4"
+    return Origin("edgegw", str(session), session, "IN", addrtype, host)
+
+
+def best_status(statuses: list[int]) -> int:
+    """RFC 3261 16.7 step 6: a 6xx wins, else the lowest class (408 only when alone)."""
+    six = [s for s in statuses if s >= 600]
+    if six:
+        return six[0]
+    real = [s for s in statuses if s != 408] or statuses
+    return min(real, key=lambda s: (s // 100, s))
+
+
+def map_status(status: int) -> tuple[int, str | None]:
+    """What the caller is told for a callee-side failure."""
+    if status in (401, 407):
+        return 503, "Callee Side Authentication Failed"
+    if 300 <= status < 400:
+        return 480, "Temporarily Unavailable"
+    return status, None
+
+
+class Call:
+    def __init__(
+        self,
+        host: CallHost,
+        server: ServerHandle,
+        caller: Subscriber,
+        route: AppRoute | TrunkRoute,
+        media_host: str,
+    ) -> None:
+        self.host = host
+        self.server = server
+        self.invite = server.request
+        self.caller = caller
+        self.route = route
+        self.media_host = media_host
+        self.config = host.config
+        callee = route.subscriber.username if isinstance(route, AppRoute) else route.number
+        self.record = CallRecord(
+            id=secrets.token_hex(8),
+            caller=caller.username,
+            callee=callee,
+            route="app" if isinstance(route, AppRoute) else "trunk",
+            trunk=route.trunk.name if isinstance(route, TrunkRoute) else None,
+            caller_call_id=self.invite.call_id,
+        )
+        self.a = Leg(
+            "a",
+            self.invite.call_id,
+            server.local_tag,
+            new_origin(media_host),
+            destination=Destination(server.flow.transport, server.flow.remote, server.flow),
+        )
+        self.b = Leg("b", new_call_id(), new_tag(), new_origin(media_host))
+        self.record.callee_call_id = self.b.call_id
+        self.media = MediaSession(
+            host.allocator, host_for_sdp=media_host, latch_window=self.config.media.latch_window
+        )
+        self.ports: dict[str, tuple[int, int]] = {}
+        self.branches: list[Branch] = []
+        self.winner: Branch | None = None
+        self.ended = trio.Event()
+        self._inbox_send, self._inbox = trio.open_memory_channel[
+            tuple[str, Request, ServerHandle | None]
+        ](64)
+        self._events_send, self._events = trio.open_memory_channel[
+            tuple[Branch | None, ClientEvent | None]
+        ](64)
+        self._hold = False
+
+    # ---- plumbing ---------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def leg(self, name: str) -> Leg:
+        return self.a if name == "a" else self.b
+
+    def other(self, leg: Leg) -> Leg:
+        return self.b if leg is self.a else self.a
+
+    def deliver(self, leg: str, request: Request, server: ServerHandle | None) -> None:
+        """An in-dialog request for this call (from the core's dialog table)."""
+        try:
+            self._inbox_send.send_nowait((leg, request, server))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            if server is not None:
+                server.reply(500, "Call Busy")
+
+    def on_stray_2xx(self, response: Response) -> None:
+        """A retransmitted 2xx of the callee: its ACK was lost, send it again (13.2.2.4)."""
+        if self.b.dialog is not None and self.b.destination is not None:
+            ack = self.b.dialog.create_ack(response.cseq.seq)
+            self.host.endpoint.send_ack(ack, self.b.destination)
+
+    def end(self, reason: str, status: int | None = None) -> None:
+        self.record.finish(reason, status)
+        self.ended.set()
+
+    def summary(self) -> dict[str, object]:
+        record = self.record
+        return {
+            "id": record.id,
+            "caller": record.caller,
+            "callee": record.callee,
+            "route": record.route,
+            "trunk": record.trunk,
+            "state": record.state.value,
+            "start": record.start,
+            "answer": record.answer,
+            "duration": round(record.duration, 3),
+            "caller_call_id": record.caller_call_id,
+            "callee_call_id": record.callee_call_id,
+            "media": self.media.stats(),
+        }
+
+    # ---- the call's life ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.host.register_dialog(self.a.call_id, self.a.local_tag, self, "a")
+        self.host.register_dialog(self.b.call_id, self.b.local_tag, self, "b")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    self.ports = await nursery.start(self.media.run)
+                except PortsExhausted:
+                    self._refuse(503, "Media Ports Exhausted", "media-ports-exhausted")
+                    return
+                nursery.start_soon(self._inbox_loop)
+                if await self._setup(nursery):
+                    await self._talk()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                self._wrap_up()
+                self.host.forget(self)
+                with trio.move_on_after(10):
+                    await self.host.record(self)
+
+    def _refuse(self, status: int, reason: str | None, end_reason: str) -> None:
+        if not self.server.final_sent:
+            self.server.reply(status, reason, to_tag=self.a.local_tag)
+        self.end(end_reason, status)
+
+    def _wrap_up(self) -> None:
+        """Whatever is still open when the call's scope ends is closed politely."""
+        if self.record.end is None:
+            self.record.finish("gateway-shutdown", None)
+        if not self.server.final_sent:
+            self.server.reply(503, "Service Unavailable", to_tag=self.a.local_tag)
+        for branch in self.branches:
+            if branch is not self.winner and branch.final is None:
+                self._cancel_branch(branch, force=True)
+        for leg in (self.a, self.b):
+            if leg.dialog is not None and leg.destination is not None and not leg.acked.is_set():
+                leg.acked.set()
+            if leg.dialog is not None and leg.destination is not None and not leg.bye_done:
+                self._send_bye(leg)
+
+    def _send_bye(self, leg: Leg) -> None:
+        assert leg.dialog is not None and leg.destination is not None
+        leg.bye_done = True
+        bye = leg.dialog.create_request("BYE", extra=[("Reason", _reason(self.record.end_reason))])
+        self._finish_headers(bye)
+        self.host.endpoint.send_request(bye, leg.destination)
+
+    def _finish_headers(self, request: Request) -> None:
+        request.headers.set("User-Agent", USER_AGENT)
+
+    # ---- set-up ------------------------------------------------------------------------
+
+    def _offer(self) -> SessionDescription | None:
+        if not self.invite.body:
+            self._refuse(488, "SDP Offer Required In INVITE", "no-sdp-offer")
+            return None
+        try:
+            offer = parse_sdp(self.invite.body)
+        except SdpError as exc:
+            self._refuse(400, f"Bad SDP: {exc}", "bad-sdp")
+            return None
+        if media_target(offer) is None:
+            self._refuse(488, "No Usable Audio Stream", "no-audio")
+            return None
+        return offer if self._negotiate_caller_timer() else None
+
+    def _new_timer(self) -> SessionTimer:
+        sip = self.config.sip
+        return SessionTimer(interval=sip.session_expires, min_se=sip.min_se)
+
+    def _negotiate_caller_timer(self) -> bool:
+        """RFC 4028 9: the caller's Session-Expires/Min-SE, or our own interval."""
+        timer = self._new_timer()
+        try:
+            timer.on_request(self.invite)
+        except IntervalTooSmall as exc:
+            response = make_response(self.invite, 422, "Session Interval Too Small")
+            for name, value in exc.headers():
+                response.headers.set(name, value)
+            self.server.respond(response)
+            self.end("session-interval-too-small", 422)
+            return False
+        except SessionTimerError as exc:
+            self._refuse(400, f"Bad Session Timer: {exc}", "bad-request")
+            return False
+        self.a.timer = timer
+        self.a.peer_allows_update = _allows(self.invite, "UPDATE")
+        return True
+
+    def _set_remote(self, leg: str, sdp: SessionDescription) -> None:
+        target = media_target(sdp)
+        if target is None:
+            return
+        host, rtp, rtcp = target
+        if host in ("0.0.0.0", "::"):
+            return  # RFC 2543-style hold: keep the latched peer, it simply stops sending
+        self.media.set_remote(leg, host, rtp, rtcp)
+
+    async def _setup(self, nursery: trio.Nursery) -> bool:
+        offer = self._offer()
+        if offer is None:
+            return False
+        self._set_remote("a", offer)
+        self._make_branches(offer)
+        for fork in self.branches:
+            self._start_branch(fork, nursery)
+        nursery.start_soon(self._watch_cancel)
+        deadline = trio.current_time() + self.config.sip.no_answer_timeout
+        while True:
+            with trio.move_on_at(deadline):
+                branch, event = await self._events.receive()
+                outcome = self._on_setup_event(branch, event)
+                if outcome is not None:
+                    return outcome
+                continue
+            # No answer in time: give up on every fork (RFC 3261 calls this a UA choice).
+            for pending in self.branches:
+                self._cancel_branch(pending)
+            self._refuse(408, "Request Timeout", "no-answer-timeout")
+            return False
+
+    def _on_setup_event(self, branch: Branch | None, event: ClientEvent | None) -> bool | None:
+        if branch is None:  # the caller cancelled
+            for pending in self.branches:
+                self._cancel_branch(pending)
+            self._refuse(487, "Request Terminated", "caller-cancel")
+            return False
+        assert event is not None
+        if isinstance(event, TransactionTimeout):
+            return self._branch_failed(branch, 408)
+        if event.status < 200:
+            self._on_provisional(branch, event)
+            return None
+        if event.status < 300:
+            return self._on_answer(branch, event)
+        return self._branch_failed(branch, event.status)
+
+    def _make_branches(self, offer: SessionDescription) -> None:
+        if isinstance(self.route, AppRoute):
+            for binding in self.route.bindings:
+                self.branches.append(self._branch(binding.contact, destination_of(binding), offer))
+        else:
+            trunk = self.route.trunk
+            destination = Destination(trunk.transport, (trunk.host, trunk.port))
+            self.branches.append(self._branch(self.route.request_uri, destination, offer))
+
+    def _identity(self, destination: Destination) -> tuple[str, str]:
+        """From and To URIs of the callee leg, in the gateway's name only."""
+        local = hostport(
+            self.host.endpoint.local_address(destination.transport, destination.address[0])
+        )
+        if isinstance(self.route, TrunkRoute):
+            caller = self.caller.numbers[0] if self.caller.numbers else self.caller.username
+            return (
+                f"sip:{caller}@{local}",
+                f"sip:{self.route.number}@{hostport(destination.address)}",
+            )
+        callee = self.route.subscriber.username
+        return f"sip:{self.caller.username}@{local}", f"sip:{callee}@{local}"
+
+    def _branch(self, ruri: str, destination: Destination, offer: SessionDescription) -> Branch:
+        from_uri, to_uri = self._identity(destination)
+        headers = Headers()
+        forwards = _max_forwards(self.invite)
+        headers.add("Max-Forwards", str(forwards))
+        headers.add("From", f"<{from_uri}>;tag={self.b.local_tag}")
+        headers.add("To", f"<{to_uri}>")
+        headers.add("Call-ID", self.b.call_id)
+        headers.add("CSeq", str(CSeq(1, "INVITE")))
+        headers.add(
+            "Contact",
+            f"<{self.host.endpoint.contact_uri(destination.transport, destination.address[0])}>",
+        )
+        headers.add("Allow", ALLOW)
+        for name, value in self._new_timer().request_headers():
+            headers.add(name, value)
+        headers.add("User-Agent", USER_AGENT)
+        headers.add("Content-Type", "application/sdp")
+        body = self.b.sdp_for(offer, self.ports["b"], self.media_host)
+        return Branch(Request("INVITE", ruri, headers, body), destination)
+
+    def _start_branch(self, branch: Branch, nursery: trio.Nursery) -> None:
+        branch.handle = self.host.endpoint.send_request(branch.request, branch.destination)
+        nursery.start_soon(self._pump, branch)
+
+    async def _pump(self, branch: Branch) -> None:
+        assert branch.handle is not None
+        async for event in branch.handle:
+            if self.winner is not None:
+                self._late_event(branch, event)
+                continue
+            await self._events_send.send((branch, event))
+
+    def _late_event(self, branch: Branch, event: ClientEvent) -> None:
+        """Events after the answer: 2xx retransmits of the winner, 2xx of other forks."""
+        if isinstance(event, TransactionTimeout):
+            return
+        if event.status < 200 and branch.cancel_wanted and not branch.cancelled:
+            self._send_cancel(branch)
+        if not 200 <= event.status < 300:
+            return
+        if branch is self.winner:
+            self.on_stray_2xx(event)
+            return
+        # A second fork answered too: acknowledge and release it (RFC 3261 13.2.2.4).
+        late = Dialog.as_uac(branch.request, event)
+        self.host.endpoint.send_ack(late.create_ack(event.cseq.seq), branch.destination)
+        bye = late.create_request("BYE")
+        self._finish_headers(bye)
+        self.host.endpoint.send_request(bye, branch.destination)
+
+    async def _watch_cancel(self) -> None:
+        await self.server.cancelled.wait()
+        if self.winner is None:
+            await self._events_send.send((None, None))
+
+    def _on_provisional(self, branch: Branch, response: Response) -> None:
+        branch.provisional = True
+        if branch.cancel_wanted and not branch.cancelled:
+            self._send_cancel(branch)
+            return
+        if response.status == 100:
+            return
+        relayed = make_response(
+            self.invite, response.status, response.reason, to_tag=self.a.local_tag
+        )
+        self._a_contact(relayed)
+        if response.body and _is_sdp(response):
+            try:
+                answer = parse_sdp(response.body)
+            except SdpError:
+                answer = None
+            if answer is not None:
+                self._set_remote("b", answer)
+                relayed.body = self.a.sdp_for(answer, self.ports["a"], self.media_host)
+                relayed.headers.set("Content-Type", "application/sdp")
+                self.record.state = CallState.EARLY_MEDIA
+        if self.record.state is CallState.SETUP:
+            self.record.state = CallState.RINGING
+        self.server.respond(relayed)
+
+    def _a_contact(self, response: Response) -> None:
+        flow = self.server.flow
+        response.headers.set(
+            "Contact", f"<{self.host.endpoint.contact_uri(flow.transport, flow.remote[0])}>"
+        )
+
+    def _branch_failed(self, branch: Branch, status: int) -> bool | None:
+        branch.final = status
+        if any(b.final is None for b in self.branches):
+            return None
+        best = best_status([b.final for b in self.branches if b.final is not None])
+        mapped, reason = map_status(best)
+        self._refuse(mapped, reason, "callee-timeout" if best == 408 else "callee-rejected")
+        self.record.sip_status = best
+        return False
+
+    def _cancel_branch(self, branch: Branch, *, force: bool = False) -> None:
+        if branch.final is not None or branch.cancelled:
+            return
+        branch.cancel_wanted = True
+        if branch.provisional or force:
+            self._send_cancel(branch)
+
+    def _send_cancel(self, branch: Branch) -> None:
+        """CANCEL copies the INVITE's Request-URI, Call-ID, From, To, CSeq number and Via."""
+        branch.cancelled = True
+        invite = branch.request
+        headers = Headers()
+        headers.add("Via", invite.headers.get_all("Via")[0])
+        for name in ("Max-Forwards", "From", "To", "Call-ID"):
+            value = invite.headers.get(name)
+            if value is not None:
+                headers.add(name, value)
+        headers.add("CSeq", str(CSeq(invite.cseq.seq, "CANCEL")))
+        headers.add("Reason", 'SIP;cause=487;text="Request Terminated"')
+        cancel = Request("CANCEL", invite.uri, headers)
+        self.host.endpoint.send_request(cancel, branch.destination, keep_via=True)
+
+    def _on_answer(self, branch: Branch, response: Response) -> bool:
+        self.winner = branch
+        self.b.destination = branch.destination
+        self.b.dialog = Dialog.as_uac(branch.request, response)
+        self.host.endpoint.send_ack(self.b.dialog.create_ack(response.cseq.seq), branch.destination)
+        for other in self.branches:
+            if other is not branch:
+                self._cancel_branch(other)
+        answer = _sdp_of(response)
+        if answer is None or media_target(answer) is None:
+            self._refuse(502, "Callee Answered Without Usable SDP", "callee-bad-sdp")
+            self._send_bye(self.b)
+            return False
+        self._set_remote("b", answer)
+        ok = make_response(self.invite, 200, None, to_tag=self.a.local_tag)
+        self._a_contact(ok)
+        ok.headers.set("Allow", ALLOW)
+        ok.headers.set("Supported", "timer")
+        now = trio.current_time()
+        if self.a.timer is not None:
+            for name, value in self.a.timer.response_headers():
+                ok.headers.set(name, value)
+            self.a.timer.refreshed(now)
+        ok.body = self.a.sdp_for(answer, self.ports["a"], self.media_host)
+        ok.headers.set("Content-Type", "application/sdp")
+        contact = ok.headers.get("Contact") or ""
+        self.a.dialog = Dialog.as_uas(self.invite, self.a.local_tag, contact.strip("<>"))
+        self.b.timer = self._new_timer()
+        self.b.timer.on_response(response)
+        self.b.timer.refreshed(now)
+        self.b.peer_allows_update = _allows(response, "UPDATE")
+        self.server.respond(ok)
+        self.a.dialog.confirm()
+        self.media.open_latch_window("a")
+        self.media.open_latch_window("b")
+        self.record.answer = time.time()
+        self.record.state = CallState.ANSWERED
+        self.b.acked.set()
+        self._retransmit_until_ack(self.a, ok)
+        log.info(
+            "call answered",
+            call=self.id,
+            caller=self.record.caller,
+            callee=self.record.callee,
+            route=self.record.route,
+        )
+        return True
+
+    def _retransmit_until_ack(self, leg: Leg, ok: Response) -> None:
+        self._nursery_spawn(self._resend_2xx, leg, ok)
+
+    def _nursery_spawn(self, fn: Callable[..., object], *args: object) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)  # type: ignore[arg-type]
+
+    async def _resend_2xx(self, leg: Leg, ok: Response) -> None:
+        """RFC 3261 13.3.1.4: T1, doubling up to T2, for 64*T1; then the call is ended."""
+        t1, t2 = self.config.sip.t1, self.config.sip.t2
+        interval, give_up = t1, trio.current_time() + 64 * t1
+        while not leg.acked.is_set():
+            with trio.move_on_after(interval):
+                await leg.acked.wait()
+            if leg.acked.is_set():
+                return
+            if trio.current_time() >= give_up:
+                self.end("no-ack", 408)
+                return
+            self.host.endpoint.resend_response(self.server, ok)
+            interval = min(interval * 2, t2)
+
+    # ---- talking -----------------------------------------------------------------------
+
+    _nursery: trio.Nursery | None = None
+
+    async def _talk(self) -> None:
+        timeout = self.config.media.timeout
+        while not self.ended.is_set():
+            now = trio.current_time()
+            media_deadline = math.inf if self._hold else self.media.last_activity + timeout
+            deadline = min(media_deadline, self._timer_deadline())
+            with trio.move_on_at(deadline):
+                await self.ended.wait()
+            if self.ended.is_set():
+                return
+            now = trio.current_time()
+            if not self._hold and now >= self.media.last_activity + timeout:
+                self.end("media-timeout")
+                return
+            self._session_timers(now)
+
+    def _timer_deadline(self) -> float:
+        deadlines = [leg.timer.deadline for leg in (self.a, self.b) if leg.timer is not None]
+        return min((d for d in deadlines if d is not None), default=math.inf)
+
+    def _session_timers(self, now: float) -> None:
+        for leg in (self.a, self.b):
+            event = leg.timer.on_timer(now) if leg.timer is not None else None
+            if event is SessionEvent.EXPIRED:
+                self.end("session-timer-expired")
+                return
+            if event is SessionEvent.REFRESH:
+                self._nursery_spawn(self._refresh, leg)
+
+    async def _refresh(self, leg: Leg) -> None:
+        """Refresh with UPDATE (no SDP, RFC 4028 9) when the peer allows it, else re-INVITE."""
+        assert leg.dialog is not None and leg.destination is not None and leg.timer is not None
+        if leg.busy:
+            return  # a carried re-INVITE/UPDATE is under way and refreshes the session too
+        method = "UPDATE" if leg.peer_allows_update else "INVITE"
+        body = leg.last_sdp_sent if method == "INVITE" and leg.last_sdp_sent else b""
+        request = leg.dialog.create_request(
+            method,
+            body=body,
+            content_type="application/sdp" if body else None,
+            extra=leg.timer.request_headers(),
+        )
+        self._finish_headers(request)
+        leg.busy = True
+        try:
+            final = await self._final_of(self.host.endpoint.send_request(request, leg.destination))
+        finally:
+            leg.busy = False
+        if isinstance(final, TransactionTimeout):
+            self.end("session-refresh-failed", 408)
+            return
+        if method == "INVITE" and 200 <= final.status < 300:
+            self.host.endpoint.send_ack(leg.dialog.create_ack(final.cseq.seq), leg.destination)
+        if 200 <= final.status < 300:
+            leg.timer.on_response(final)
+            leg.timer.refreshed(trio.current_time())
+        elif final.status in (408, 481):
+            self.end("session-refresh-failed", final.status)
+
+    async def _final_of(self, handle: ClientHandle) -> Response | TransactionTimeout:
+        async for event in handle:
+            if isinstance(event, TransactionTimeout) or event.status >= 200:
+                return event
+        return TransactionTimeout()
+
+    # ---- in-dialog requests ---------------------------------------------------------------
+
+    async def _inbox_loop(self) -> None:
+        async for name, request, server in self._inbox:
+            leg = self.leg(name)
+            if request.method == "ACK":
+                leg.acked.set()
+                continue
+            assert server is not None
+            if leg.dialog is None:
+                self._early_request(leg, request, server)
+                continue
+            try:
+                leg.dialog.receive_request(request)
+            except DialogError as exc:
+                server.reply(500, str(exc), to_tag=leg.local_tag)
+                continue
+            self._in_dialog(leg, request, server)
+
+    def _early_request(self, leg: Leg, request: Request, server: ServerHandle) -> None:
+        if request.method == "BYE" and leg is self.b and self.winner is None:
+            server.reply(200, to_tag=leg.local_tag)
+            return
+        server.reply(481, "Call/Transaction Does Not Exist")
+
+    def _in_dialog(self, leg: Leg, request: Request, server: ServerHandle) -> None:
+        method = request.method
+        if method == "BYE":
+            server.reply(200)
+            leg.bye_done = True
+            self.end("caller-bye" if leg is self.a else "callee-bye")
+        elif method == "OPTIONS":
+            ok = make_response(request, 200)
+            ok.headers.set("Allow", ALLOW)
+            server.respond(ok)
+        elif method in ("INVITE", "UPDATE", "INFO", "MESSAGE", "NOTIFY"):
+            self._nursery_spawn(self._carry_across, leg, request, server)
+        else:
+            server.reply(501, "Not Implemented")
+
+    async def _carry_across(self, leg: Leg, request: Request, server: ServerHandle) -> None:
+        """A re-INVITE/UPDATE/INFO from one leg becomes the same request on the other."""
+        other = self.other(leg)
+        if other.busy or other.dialog is None or other.destination is None:
+            server.reply(491, "Request Pending")  # RFC 3261 14.1 glare
+            return
+        body, content_type = self._carried_body(leg, other, request)
+        if body is None:
+            server.reply(488, "Not Acceptable Here")
+            return
+        if leg.timer is not None and request.method in ("INVITE", "UPDATE"):
+            try:
+                leg.timer.on_request(request)
+            except SessionTimerError as exc:
+                server.reply(422 if isinstance(exc, IntervalTooSmall) else 400, str(exc))
+                return
+        forwarded = other.dialog.create_request(
+            request.method,
+            body=body,
+            content_type=content_type,
+            extra=[
+                (n, v)
+                for n in ("Event", "Subscription-State", "Info-Package")
+                if (v := request.headers.get(n)) is not None
+            ],
+        )
+        self._finish_headers(forwarded)
+        other.busy = True
+        try:
+            final = await self._final_of(
+                self.host.endpoint.send_request(forwarded, other.destination)
+            )
+        finally:
+            other.busy = False
+        self._relay_final(leg, other, request, server, final)
+
+    def _carried_body(
+        self, leg: Leg, other: Leg, request: Request
+    ) -> tuple[bytes | None, str | None]:
+        if not request.body:
+            return b"", None
+        if not _is_sdp(request):
+            return request.body, request.headers.get("Content-Type")
+        try:
+            offer = parse_sdp(request.body)
+        except SdpError:
+            return None, None
+        self._set_remote(leg.name, offer)
+        self._hold = _on_hold(offer)
+        return other.sdp_for(offer, self.ports[other.name], self.media_host), "application/sdp"
+
+    def _relay_final(
+        self,
+        leg: Leg,
+        other: Leg,
+        request: Request,
+        server: ServerHandle,
+        final: Response | TransactionTimeout,
+    ) -> None:
+        if isinstance(final, TransactionTimeout):
+            server.reply(408, "Request Timeout")
+            return
+        if request.method == "INVITE" and 200 <= final.status < 300:
+            assert other.dialog is not None and other.destination is not None
+            self.host.endpoint.send_ack(other.dialog.create_ack(final.cseq.seq), other.destination)
+        response = make_response(request, final.status, final.reason)
+        if 200 <= final.status < 300:
+            self._a_contact(response) if leg is self.a else self._b_contact(response)
+            answer = _sdp_of(final)
+            if answer is not None:
+                self._set_remote(other.name, answer)
+                response.body = leg.sdp_for(answer, self.ports[leg.name], self.media_host)
+                response.headers.set("Content-Type", "application/sdp")
+            if leg.timer is not None and request.method in ("INVITE", "UPDATE"):
+                for name, value in leg.timer.response_headers():
+                    response.headers.set(name, value)
+                leg.timer.refreshed(trio.current_time())
+        server.respond(response)
+        if request.method == "INVITE" and 200 <= final.status < 300:
+            leg.acked = trio.Event()
+            self._nursery_spawn(self._resend_reinvite_2xx, leg, server, response)
+
+    async def _resend_reinvite_2xx(self, leg: Leg, server: ServerHandle, ok: Response) -> None:
+        t1, t2 = self.config.sip.t1, self.config.sip.t2
+        interval, give_up = t1, trio.current_time() + 64 * t1
+        while not leg.acked.is_set() and trio.current_time() < give_up:
+            with trio.move_on_after(interval):
+                await leg.acked.wait()
+            if not leg.acked.is_set():
+                self.host.endpoint.resend_response(server, ok)
+                interval = min(interval * 2, t2)
+
+    def _b_contact(self, response: Response) -> None:
+        destination = self.b.destination
+        assert destination is not None
+        uri = self.host.endpoint.contact_uri(destination.transport, destination.address[0])
+        response.headers.set("Contact", f"<{uri}>")
+
+
+def _is_sdp(message: Request | Response) -> bool:
+    content_type = (message.headers.get("Content-Type") or "application/sdp").lower()
+    return content_type.split(";")[0].strip() == "application/sdp"
+
+
+def _sdp_of(message: Request | Response) -> SessionDescription | None:
+    if not message.body or not _is_sdp(message):
+        return None
+    try:
+        return parse_sdp(message.body)
+    except SdpError:
+        return None
+
+
+def _on_hold(sdp: SessionDescription) -> bool:
+    """Held calls send little or no media, so the media timeout must not end them."""
+    for media in sdp.media:
+        if media.media == "audio" and media.port != 0:
+            connection = media.connection or sdp.connection
+            held_address = connection is not None and connection.address in ("0.0.0.0", "::")
+            return held_address or media.direction in ("sendonly", "inactive")
+    return False
+
+
+def _allows(message: Request | Response, method: str) -> bool:
+    return any(m.strip().upper() == method for m in message.headers.get_list("Allow"))
+
+
+def _max_forwards(request: Request) -> int:
+    raw = request.headers.get("Max-Forwards")
+    if raw is None or not raw.strip().isdigit():
+        return 70
+    return max(0, min(70, int(raw) - 1))
+
+
+def _reason(end_reason: str) -> str:
+    causes = {
+        "media-timeout": 'SIP;cause=408;text="Media Timeout"',
+        "session-timer-expired": 'SIP;cause=408;text="Session Timer Expired"',
+        "session-refresh-failed": 'SIP;cause=408;text="Session Refresh Failed"',
+        "no-ack": 'SIP;cause=408;text="No ACK"',
+        "gateway-shutdown": 'SIP;cause=503;text="Gateway Shutting Down"',
+    }
+    return causes.get(end_reason, 'Q.850;cause=16;text="Normal call clearing"')

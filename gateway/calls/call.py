@@ -1,0 +1,102 @@
+"""The record of one call: who, where, when, how it ended (and its CDR).
+
+Kept apart from the B2BUA's coroutine so listings, checkpoints and CDRs read
+plain data. Dispositions and end reasons are the vocabulary of the CDR table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from gateway.store.model import ActiveCall, Cdr
+
+
+class CallState(Enum):
+    SETUP = "setup"
+    RINGING = "ringing"
+    EARLY_MEDIA = "early-media"
+    ANSWERED = "answered"
+    ENDED = "ended"
+
+
+def disposition_for(status: int | None, answered: bool, end_reason: str) -> str:
+    """How the call ended, in one word, for CDRs (answered / busy / no-answer / ...)."""
+    if answered:
+        return "answered"
+    if end_reason in ("caller-cancel",):
+        return "cancelled"
+    if end_reason == "no-answer-timeout" or status in (408, 480):
+        return "no-answer"
+    if status in (486, 600):
+        return "busy"
+    if (status is not None and 400 <= status < 500) or status in (603, 604, 606):
+        return "rejected"
+    return "failed"
+
+
+@dataclass
+class CallRecord:
+    id: str
+    caller: str
+    callee: str
+    route: str  # "app" | "trunk"
+    trunk: str | None
+    caller_call_id: str
+    callee_call_id: str = ""
+    start: float = field(default_factory=time.time)
+    answer: float | None = None
+    end: float | None = None
+    state: CallState = CallState.SETUP
+    end_reason: str = ""
+    sip_status: int | None = None
+
+    def finish(self, reason: str, status: int | None = None) -> None:
+        if self.end is not None:
+            return  # the first cause of the end is the one recorded
+        self.end = time.time()
+        self.end_reason = reason
+        if status is not None:
+            self.sip_status = status
+        self.state = CallState.ENDED
+
+    @property
+    def duration(self) -> float:
+        if self.answer is None:
+            return 0.0
+        end = self.end if self.end is not None else time.time()
+        return max(0.0, end - self.answer)
+
+    def cdr(self) -> Cdr:
+        end = self.end if self.end is not None else time.time()
+        return Cdr(
+            id=self.id,
+            caller=self.caller,
+            callee=self.callee,
+            route=self.route,
+            trunk=self.trunk,
+            start=self.start,
+            answer=self.answer,
+            end=end,
+            duration=round(self.duration, 3),
+            disposition=disposition_for(self.sip_status, self.answer is not None, self.end_reason),
+            end_reason=self.end_reason or "unknown",
+            sip_status=self.sip_status,
+            caller_call_id=self.caller_call_id,
+            callee_call_id=self.callee_call_id,
+        )
+
+    def checkpoint(self, now: float) -> ActiveCall:
+        return ActiveCall(
+            id=self.id,
+            caller=self.caller,
+            callee=self.callee,
+            route=self.route,
+            trunk=self.trunk,
+            start=self.start,
+            answer=self.answer,
+            last_seen=now,
+            caller_call_id=self.caller_call_id,
+            callee_call_id=self.callee_call_id,
+        )

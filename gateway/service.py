@@ -1,0 +1,213 @@
+"""The running gateway: opens the store, binds SIP and media, serves until told to stop.
+
+`run(config)` is what `edgegw run` calls. Start-up order matters: calls left
+open by a crash are closed first (DESIGN rule 5), subscribers are provisioned
+from the config, the SIP listeners are bound, then the control socket says the
+gateway is up. Shutdown (SIGTERM/SIGINT) ends calls with BYE and writes their
+CDRs before the sockets close.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+
+from gateway import __version__
+from gateway.calls.core import CallCore
+from gateway.calls.registrar import ExpiryPolicy, Registrar
+from gateway.config import Config
+from gateway.control.server import ControlServer
+from gateway.logs import configure_logging
+from gateway.media.relay import PortAllocator
+from gateway.sip.auth import DigestServer
+from gateway.sip.transaction import Timers
+from gateway.store.model import Subscriber
+from gateway.store.sqlite import SqliteStore
+from gateway.transport.endpoint import SipEndpoint
+
+log = structlog.get_logger("edgegw")
+
+CHECKPOINT_INTERVAL = 5.0
+
+
+def var_dir(config: Config) -> Path:
+    path = Path(config.general.var_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def control_socket_path(config: Config) -> Path:
+    if config.control.socket:
+        return Path(config.control.socket)
+    return Path(config.general.var_dir) / "control.sock"
+
+
+def nonce_secret(directory: Path) -> bytes:
+    """The digest nonce key survives restarts, so challenges issued before one stay valid."""
+    path = directory / "nonce.key"
+    if path.exists():
+        return path.read_bytes()
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secret)
+    return secret
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = time.time()
+        directory = var_dir(config)
+        self.store = SqliteStore(directory / "edgegw.sqlite")
+        sip = config.sip
+        self.registrar = Registrar(
+            self.store, ExpiryPolicy(sip.min_expires, sip.max_expires, sip.default_expires)
+        )
+        self.allocator = PortAllocator(
+            config.media.host, config.media.port_min, config.media.port_max
+        )
+        digest = DigestServer(
+            sip.realm,
+            nonce_secret(directory),
+            nonce_ttl=sip.nonce_ttl,
+            algorithms=tuple(sip.auth_algorithms),
+        )
+        self.core = CallCore(config, self.store, self.registrar, digest, self.allocator)
+        listen = config.sip.listen
+        self.endpoint = SipEndpoint(
+            udp=[(entry.host, entry.port) for entry in listen if entry.transport == "udp"],
+            tcp=[(entry.host, entry.port) for entry in listen if entry.transport == "tcp"],
+            timers=Timers(t1=sip.t1, t2=sip.t2, t4=sip.t4),
+            tcp_idle_timeout=sip.tcp_idle_timeout,
+            handler=self.core,
+        )
+        self.core.endpoint = self.endpoint
+        self.control = ControlServer(
+            control_socket_path(config),
+            {"status": self._status, "calls": self._calls, "cdr": self._cdr},
+        )
+        self._core_scope = trio.CancelScope()
+
+    async def prepare(self) -> None:
+        await self.store.open()
+        recovered = await self.store.recover_open_calls(time.time())
+        for cdr in recovered:
+            log.warning("closed call left open by a crash", call=cdr.id, end=cdr.end)
+        for subscriber in self.config_subscribers():
+            await self.store.upsert_subscriber(subscriber)
+        self.core.set_subscribers(await self.store.list_subscribers())
+        await self.registrar.load()
+
+    def config_subscribers(self) -> list[Subscriber]:
+        return [
+            Subscriber(
+                username=s.username,
+                password=s.password,
+                numbers=list(s.numbers),
+                srtp=s.srtp,
+                fallback=s.fallback,
+                balance=s.balance,
+            )
+            for s in self.config.subscribers
+        ]
+
+    async def serve(self) -> None:
+        await self.prepare()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.endpoint.run)
+                nursery.start_soon(self._run_core)
+                await nursery.start(self.control.serve)
+                nursery.start_soon(self._checkpoints)
+                nursery.start_soon(self._signals, nursery.cancel_scope)
+                log.info(
+                    "edgegw ready",
+                    version=__version__,
+                    sip=[f"{e.transport}:{e.host}:{e.port}" for e in self.config.sip.listen],
+                    media=f"{self.config.media.host}:{self.config.media.port_min}-"
+                    f"{self.config.media.port_max}",
+                )
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._checkpoint_now()
+                await self.store.close()
+
+    async def _run_core(self) -> None:
+        with self._core_scope:
+            await self.core.run()
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("stopping", signal=signal.Signals(signum).name, calls=len(self.core.calls))
+                break
+        # Calls first, so their BYEs leave while the SIP sockets are still open.
+        self._core_scope.cancel()
+        await trio.sleep(0.2)
+        scope.cancel()
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await trio.sleep(CHECKPOINT_INTERVAL)
+            await self._checkpoint_now()
+
+    async def _checkpoint_now(self) -> None:
+        now = time.time()
+        rows = [call.record.checkpoint(now) for call in self.core.calls.values()]
+        await self.store.checkpoint_active_calls(rows, now)
+
+    # ---- control handlers ----------------------------------------------------------------
+
+    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
+        endpoint, core = self.endpoint, self.core
+        return {
+            "version": __version__,
+            "uptime": round(time.time() - self.started, 1),
+            "draining": core.draining,
+            "sip_listen": [f"{e.transport}:{e.host}:{e.port}" for e in self.config.sip.listen],
+            "registrations": self.registrar.count(),
+            "active_calls": len(core.calls),
+            "calls_started": core.stats.calls_started,
+            "calls_refused": core.stats.calls_refused,
+            "auth_challenges": core.stats.auth_challenges,
+            "auth_failures": core.stats.auth_failures,
+            "sip_received": endpoint.stats.received,
+            "sip_malformed": endpoint.stats.malformed,
+            "sip_overload_503": endpoint.stats.overload_503,
+            "media_ports_in_use": self.allocator.in_use,
+            "media_ports_capacity": self.allocator.capacity,
+            "trunks": [
+                {"name": t.name, "address": f"{t.host}:{t.port}"} for t in self.config.trunks
+            ],
+        }
+
+    async def _calls(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [call.summary() for call in self.core.calls.values()]
+
+    async def _cdr(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        limit = int(args.get("limit") or 100)
+        since = args.get("since")
+        cdrs = await self.store.list_cdrs(
+            since=float(since) if since is not None else None, limit=limit
+        )
+        return [msgspec.to_builtins(cdr) for cdr in cdrs]
+
+
+def run(config: Config) -> int:
+    """Run the gateway in the foreground until SIGTERM/SIGINT; the process exit code."""
+    configure_logging(config.general.log_level, config.general.log_format)
+    try:
+        trio.run(Gateway(config).serve)
+    except OSError as exc:
+        log.error("cannot start", error=str(exc))
+        return 1
+    return 0

@@ -1,0 +1,219 @@
+"""Trio sockets for SIP: UDP listeners and TCP connections (RFC 3261 18, RFC 5626 3.5.1).
+
+Sending is synchronous from the caller's point of view: UDP datagrams go out
+with a non-blocking `sendto`, TCP messages are queued on the connection and a
+writer task drains the queue. That keeps the sans-IO output processing free of
+awaits, and a slow TCP peer cannot stall anyone but itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from gateway.sip.message import KeepAlive, ParseError, StreamFramer
+from gateway.transport.flow import Address, Flow
+
+log = structlog.get_logger("edgegw.transport")
+
+# (raw message bytes, flow it came in on)
+Receiver = Callable[[bytes, Flow], None]
+FramingError = Callable[[ParseError, Flow], None]
+
+_SEND_QUEUE = 256
+_conn_ids = itertools.count(1)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class UdpListener:
+    def __init__(self, host: str, port: int) -> None:
+        self._std = socket.socket(_family(host), socket.SOCK_DGRAM)
+        self._std.setblocking(False)
+        self._std.bind((host, port))
+        self.local: Address = self._std.getsockname()[:2]
+        self._sock = trio.socket.from_stdlib_socket(self._std)
+        self.send_errors = 0
+
+    def send(self, data: bytes, remote: Address) -> None:
+        try:
+            self._std.sendto(data, remote)
+        except OSError as exc:  # a full buffer or an unreachable peer loses one datagram
+            self.send_errors += 1
+            log.debug("udp send failed", remote=remote, error=str(exc))
+
+    async def serve(self, receive: Receiver) -> None:
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        while True:
+            try:
+                size, remote = await self._sock.recvfrom_into(buf)
+            except ConnectionResetError:  # ICMP unreachable from an earlier send
+                continue
+            receive(bytes(view[:size]), Flow("udp", self.local, remote[:2]))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@dataclass(eq=False)
+class TcpConnection:
+    conn_id: str
+    local: Address
+    remote: Address
+    stream: trio.SocketStream | None
+    send_channel: trio.MemorySendChannel[bytes]
+    receive_channel: trio.MemoryReceiveChannel[bytes]
+    last_activity: float = 0.0
+    closed: bool = False
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    @property
+    def flow(self) -> Flow:
+        return Flow("tcp", self.local, self.remote, self.conn_id)
+
+    def send(self, data: bytes) -> bool:
+        if self.closed:
+            return False
+        try:
+            self.send_channel.send_nowait(data)
+        except trio.WouldBlock:
+            # A peer that does not read what it asked for is cut off rather than
+            # allowed to make the gateway buffer without bound.
+            log.warning("tcp peer not reading, closing", remote=self.remote)
+            self.cancel.cancel()
+            return False
+        return True
+
+
+class TcpTransport:
+    """TCP listeners plus the table of live connections, in and out (connection reuse)."""
+
+    def __init__(self, idle_timeout: float, max_message: int = 65535) -> None:
+        self.idle_timeout = idle_timeout
+        self.max_message = max_message
+        self.by_id: dict[str, TcpConnection] = {}
+        self.by_remote: dict[Address, TcpConnection] = {}
+        self._nursery: trio.Nursery | None = None
+        self._receive: Receiver | None = None
+        self._framing_error: FramingError | None = None
+        self.listen_addresses: list[Address] = []
+
+    async def serve(
+        self,
+        listeners: list[tuple[str, int]],
+        receive: Receiver,
+        framing_error: FramingError,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._receive = receive
+        self._framing_error = framing_error
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for host, port in listeners:
+                socks = await trio.open_tcp_listeners(port, host=host)
+                for lst in socks:
+                    self.listen_addresses.append(lst.socket.getsockname()[:2])
+                    nursery.start_soon(self._accept_loop, lst)
+            task_status.started()
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                self._adopt(stream)
+
+    def _new_connection(self, local: Address, remote: Address) -> TcpConnection:
+        send, recv = trio.open_memory_channel[bytes](_SEND_QUEUE)
+        conn = TcpConnection(f"tcp-{next(_conn_ids)}", local, remote, None, send, recv)
+        conn.last_activity = trio.current_time()
+        self.by_id[conn.conn_id] = conn
+        self.by_remote[remote] = conn
+        return conn
+
+    def _adopt(self, stream: trio.SocketStream) -> None:
+        local = stream.socket.getsockname()[:2]
+        remote = stream.socket.getpeername()[:2]
+        conn = self._new_connection(local, remote)
+        conn.stream = stream
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_connection, conn)
+
+    def send(self, data: bytes, remote: Address, conn_id: str | None) -> bool:
+        """Send over the flow named, else a live connection to `remote`, else a new one."""
+        conn = self.by_id.get(conn_id) if conn_id else None
+        if conn is None:
+            conn = self.by_remote.get(remote)
+        if conn is None:
+            if conn_id is not None:
+                return False  # RFC 5626: the flow is gone; the caller reports 430/408
+            conn = self._new_connection(("", 0), remote)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_connection, conn)
+        return conn.send(data)
+
+    async def _run_connection(self, conn: TcpConnection) -> None:
+        try:
+            with conn.cancel:
+                if conn.stream is None:
+                    conn.stream = await trio.open_tcp_stream(*conn.remote)
+                    conn.local = conn.stream.socket.getsockname()[:2]
+                async with conn.stream, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, conn)
+                    await self._reader(conn)
+                    nursery.cancel_scope.cancel()
+        except OSError as exc:
+            log.info("tcp connection failed", remote=conn.remote, error=str(exc))
+        finally:
+            conn.closed = True
+            self.by_id.pop(conn.conn_id, None)
+            if self.by_remote.get(conn.remote) is conn:
+                del self.by_remote[conn.remote]
+
+    async def _writer(self, conn: TcpConnection) -> None:
+        assert conn.stream is not None
+        async for data in conn.receive_channel:
+            await conn.stream.send_all(data)
+            conn.last_activity = trio.current_time()
+
+    async def _reader(self, conn: TcpConnection) -> None:
+        assert conn.stream is not None and self._receive is not None
+        framer = StreamFramer()
+        while True:
+            deadline = conn.last_activity + self.idle_timeout
+            with trio.move_on_at(deadline) as scope:
+                data = await conn.stream.receive_some(65536)
+            if scope.cancelled_caught:
+                if trio.current_time() >= conn.last_activity + self.idle_timeout:
+                    return  # idle: close
+                continue
+            if not data:
+                return  # peer closed
+            conn.last_activity = trio.current_time()
+            framer.feed(data)
+            if not self._drain(framer, conn):
+                return
+
+    def _drain(self, framer: StreamFramer, conn: TcpConnection) -> bool:
+        assert self._receive is not None and self._framing_error is not None
+        while True:
+            try:
+                item = framer.next_message()
+            except ParseError as exc:
+                self._framing_error(exc, conn.flow)
+                return False
+            if item is None:
+                return True
+            if isinstance(item, KeepAlive):
+                if item.pong:
+                    conn.send(b"\r\n")
+                continue
+            self._receive(item, conn.flow)

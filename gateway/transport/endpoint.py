@@ -1,0 +1,439 @@
+"""The Trio edge of the SIP stack: sockets, the transaction layer and its one timer queue.
+
+Bytes come in from the listeners, are parsed (RFC 3261 7), stamped with
+received/rport (RFC 3261 18.2.1, RFC 3581 4) and handed to the sans-IO
+transaction layer (RFC 3261 17). What the transactions ask for (transmit,
+deliver, time out) is carried out here; nothing below this module sleeps or
+sends. Malformed requests get a 400 whose reason names the problem, or are
+dropped when no response can be addressed (DESIGN rule 6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import math
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+import trio
+
+from gateway.sip.headers import split_header_list
+from gateway.sip.message import (
+    ParseError,
+    Request,
+    Response,
+    make_response,
+    new_branch,
+    parse,
+)
+from gateway.sip.transaction import (
+    Deliver,
+    OverloadError,
+    ServerTransaction,
+    Terminated,
+    TimedOut,
+    Timers,
+    TransactionError,
+    TransactionLayer,
+    Transmit,
+)
+from gateway.transport.connections import TcpTransport, UdpListener
+from gateway.transport.flow import Address, Destination, Flow, hostport
+
+log = structlog.get_logger("edgegw.sip")
+
+
+class TransactionTimeout:
+    """Delivered on a client transaction's channel when Timer B/F fired (RFC 3261 17.1)."""
+
+
+TIMEOUT = TransactionTimeout()
+ClientEvent = Response | TransactionTimeout
+
+
+class RequestHandler(Protocol):
+    def on_request(self, request: Request, server: ServerHandle | None, flow: Flow) -> None: ...
+    def on_stray_response(self, response: Response, flow: Flow) -> None: ...
+
+
+@dataclass(eq=False)
+class ServerHandle:
+    """A server transaction as the call logic sees it: the request, its flow, respond()."""
+
+    endpoint: SipEndpoint
+    txn: ServerTransaction
+    request: Request
+    flow: Flow
+    final_sent: bool = False
+    cancelled: trio.Event = field(default_factory=trio.Event)
+    local_tag: str = ""
+
+    def respond(self, response: Response) -> None:
+        """Send `response`; every response but 100 carries a To tag (RFC 3261 8.2.6.2)."""
+        if response.status >= 200:
+            self.final_sent = True
+        if response.status > 100 and response.to.tag is None:
+            to = response.headers.get("To") or ""
+            response.headers.set("To", f"{to};tag={self.local_tag}")
+        self.endpoint._send_response(self, response)
+
+    def reply(self, status: int, reason: str | None = None, *, to_tag: str | None = None) -> None:
+        self.respond(make_response(self.request, status, reason, to_tag=to_tag))
+
+
+@dataclass(eq=False)
+class ClientHandle:
+    """A client transaction: responses (and a timeout) arrive on `events`."""
+
+    request: Request
+    destination: Destination
+    send_channel: trio.MemorySendChannel[ClientEvent]
+    events: trio.MemoryReceiveChannel[ClientEvent]
+    flow: Flow | None = None
+
+    async def __aiter__(self) -> AsyncIterator[ClientEvent]:
+        async for event in self.events:
+            yield event
+
+
+@dataclass
+class EndpointStats:
+    received: int = 0
+    sent: int = 0
+    malformed: int = 0
+    dropped_unaddressable: int = 0
+    overload_503: int = 0
+
+
+class SipEndpoint:
+    def __init__(
+        self,
+        *,
+        udp: list[Address],
+        tcp: list[Address],
+        timers: Timers,
+        tcp_idle_timeout: float,
+        handler: RequestHandler,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self._udp_addresses = udp
+        self._tcp_addresses = tcp
+        self.timers = timers
+        self.layer = TransactionLayer(timers)
+        self.handler = handler
+        self.clock = clock
+        self.udp: list[UdpListener] = []
+        self.tcp = TcpTransport(tcp_idle_timeout)
+        self.stats = EndpointStats()
+        self._servers: dict[object, ServerHandle] = {}
+        self._clients: dict[object, ClientHandle] = {}
+        self._wakeup = trio.Event()
+        self._sleeping_until = math.inf
+        self._tag_key = secrets.token_bytes(16)
+
+    # ---- running -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind every listener, report started, then serve until cancelled."""
+        self.udp = [UdpListener(host, port) for host, port in self._udp_addresses]
+        try:
+            async with trio.open_nursery() as nursery:
+                for listener in self.udp:
+                    nursery.start_soon(listener.serve, self._on_bytes)
+                if self._tcp_addresses:
+                    await nursery.start(
+                        self.tcp.serve, self._tcp_addresses, self._on_bytes, self._on_framing_error
+                    )
+                nursery.start_soon(self._timer_loop)
+                task_status.started()
+        finally:
+            for listener in self.udp:
+                listener.close()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.layer.next_deadline()
+            self._sleeping_until = deadline if deadline is not None else math.inf
+            with trio.move_on_at(self._sleeping_until):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            self._sleeping_until = math.inf
+            now = self.clock()
+            for txn, output in self.layer.on_timer(now):
+                self._carry_out(txn, output)
+
+    def _kick(self) -> None:
+        deadline = self.layer.next_deadline()
+        if deadline is not None and deadline < self._sleeping_until:
+            self._wakeup.set()
+
+    def tag_for(self, request: Request) -> str:
+        """Our To tag for a request outside a dialog: random to others, stable per call.
+
+        Derived from Call-ID and From tag with a secret key, so the tag of a 407
+        and of the dialog the authenticated retry creates are the same (as a
+        stateless proxy's would be); some clients (sipp) keep the first tag.
+        """
+        material = f"{request.call_id}\x00{request.from_.tag or ''}".encode()
+        return hmac.new(self._tag_key, material, hashlib.sha256).hexdigest()[:16]
+
+    # ---- addresses -------------------------------------------------------------------
+
+    def local_address(self, transport: str, family_host: str | None = None) -> Address:
+        """The listener address to advertise for `transport` (Via sent-by, Contact)."""
+        if transport == "udp":
+            candidates = [listener.local for listener in self.udp]
+        else:
+            candidates = list(self.tcp.listen_addresses) or [u.local for u in self.udp]
+        want_v6 = family_host is not None and ":" in family_host
+        for address in candidates:
+            if (":" in address[0]) == want_v6:
+                return address
+        return candidates[0]
+
+    def contact_uri(self, transport: str, remote_host: str | None = None) -> str:
+        address = self.local_address(transport, remote_host)
+        suffix = "" if transport == "udp" else f";transport={transport}"
+        return f"sip:{hostport(address)}{suffix}"
+
+    # ---- incoming ----------------------------------------------------------------------
+
+    def _on_bytes(self, data: bytes, flow: Flow) -> None:
+        self.stats.received += 1
+        if not data.strip(b"\r\n"):
+            if flow.transport == "udp" and data.startswith(b"\r\n\r\n"):
+                self._send_raw(b"\r\n", flow)  # RFC 5626 3.5.1 keep-alive over UDP
+            return
+        try:
+            message = parse(data)
+        except ParseError as exc:
+            self._on_framing_error(exc, flow)
+            return
+        if isinstance(message, Request):
+            self._on_request(message, flow)
+        else:
+            self._on_response(message, flow)
+
+    def _on_framing_error(self, exc: ParseError, flow: Flow) -> None:
+        self.stats.malformed += 1
+        if exc.partial is None:
+            self.stats.dropped_unaddressable += 1
+            log.info("malformed sip dropped", remote=flow.remote, reason=str(exc))
+            return
+        log.info("malformed sip refused", remote=flow.remote, reason=str(exc))
+        self._stamp_via(exc.partial, flow)
+        response = make_response(exc.partial, 400, str(exc))
+        self._send_raw(response.to_bytes(), self._response_flow(exc.partial, flow))
+
+    def _stamp_via(self, request: Request, flow: Flow) -> None:
+        """RFC 3261 18.2.1 `received`, RFC 3581 4 `rport`: where the request really came from."""
+        values = request.headers.get_all("Via")
+        if not values:
+            return
+        top = request.top_via
+        host, port = flow.remote
+        changed = False
+        if top.host != host:
+            top.params["received"] = host
+            changed = True
+        if "rport" in top.params:
+            top.params["rport"] = str(port)
+            top.params.setdefault("received", host)
+            changed = True
+        if not changed:
+            return
+        first = split_header_list(values[0])
+        first[0] = str(top)
+        request.headers.remove("Via")
+        request.headers.add("Via", ", ".join(first))
+        for other in values[1:]:
+            request.headers.add("Via", other)
+
+    def _on_request(self, request: Request, flow: Flow) -> None:
+        self._stamp_via(request, flow)
+        try:
+            txn, outputs = self.layer.receive_request(request, self.clock(), flow.reliable)
+        except OverloadError:
+            self.stats.overload_503 += 1
+            busy = make_response(request, 503, "Service Unavailable")
+            busy.headers.set("Retry-After", "5")
+            self._send_raw(busy.to_bytes(), self._response_flow(request, flow))
+            return
+        except TransactionError as exc:
+            self._on_framing_error(ParseError(str(exc), request), flow)
+            return
+        if txn is None:
+            for output in outputs:
+                if isinstance(output, Deliver):
+                    # The ACK for a 2xx belongs to the dialog, not to a transaction (17.1.1.3).
+                    self.handler.on_request(request, None, flow)
+                else:
+                    self._carry_out(None, output)
+            self._kick()
+            return
+        handle = ServerHandle(self, txn, request, flow, local_tag=self.tag_for(request))
+        self._servers[txn] = handle
+        if request.method == "CANCEL":
+            self._on_cancel(handle)
+        else:
+            self.handler.on_request(request, handle, flow)
+        self._kick()
+
+    def _on_cancel(self, cancel: ServerHandle) -> None:
+        invite_txn = self.layer.find_invite_for_cancel(cancel.request)
+        invite = self._servers.get(invite_txn) if invite_txn is not None else None
+        if invite is None:
+            cancel.reply(481)
+            return
+        cancel.reply(200)
+        if not invite.final_sent:
+            invite.cancelled.set()
+
+    def _on_response(self, response: Response, flow: Flow) -> None:
+        txn = self.layer.find_client(response)
+        for output in self.layer.receive_response(response, self.clock()):
+            if txn is None and isinstance(output, Deliver):
+                # A 2xx retransmission after the INVITE transaction ended: the dialog ACKs it.
+                if isinstance(output.message, Response):
+                    self.handler.on_stray_response(output.message, flow)
+            else:
+                self._carry_out(txn, output)
+        self._kick()
+
+    # ---- outgoing ----------------------------------------------------------------------
+
+    def new_via(self, destination: Destination) -> str:
+        local = self.local_address(destination.transport, destination.address[0])
+        return (
+            f"SIP/2.0/{destination.transport.upper()} {hostport(local)};branch={new_branch()};rport"
+        )
+
+    def send_request(
+        self, request: Request, destination: Destination, *, keep_via: bool = False
+    ) -> ClientHandle:
+        """Start a client transaction; responses come on the handle's channel.
+
+        `keep_via` is for CANCEL, which must carry its INVITE's Via (RFC 3261 9.1).
+        """
+        if not keep_via:
+            request.headers.prepend("Via", self.new_via(destination))
+        send, recv = trio.open_memory_channel[ClientEvent](32)
+        handle = ClientHandle(request, destination, send, recv)
+        now = self.clock()
+        txn, outputs = self.layer.start_client(
+            request, reliable=destination.transport != "udp", now=now
+        )
+        self._clients[txn] = handle
+        for output in outputs:
+            self._carry_out(txn, output)
+        self._kick()
+        return handle
+
+    def send_ack(self, ack: Request, destination: Destination) -> None:
+        """ACK to a 2xx: sent outside any transaction, a new branch each time (17.1.1.3)."""
+        if "Via" not in ack.headers:
+            ack.headers.prepend("Via", self.new_via(destination))
+        self._send_to(ack.to_bytes(), destination)
+
+    def resend_response(self, server: ServerHandle, response: Response) -> None:
+        """The UAS core retransmits its 2xx until the ACK (RFC 3261 13.3.1.4)."""
+        self._send_raw(response.to_bytes(), self._response_flow(server.request, server.flow))
+
+    def _send_response(self, server: ServerHandle, response: Response) -> None:
+        for output in server.txn.send(response, self.clock()):
+            self._carry_out(server.txn, output)
+        self._kick()
+
+    def _carry_out(self, txn: object | None, output: object) -> None:
+        if isinstance(output, Transmit):
+            self._transmit(txn, output.message)
+        elif isinstance(output, Deliver):
+            client = self._clients.get(txn)
+            if client is not None and isinstance(output.message, Response):
+                self._push(client, output.message)
+        elif isinstance(output, TimedOut):
+            client = self._clients.get(txn)
+            if client is not None:
+                self._push(client, TIMEOUT)
+        elif isinstance(output, Terminated):
+            self._forget(txn)
+
+    def _forget(self, txn: object | None) -> None:
+        self._servers.pop(txn, None)
+        client = self._clients.pop(txn, None)
+        if client is not None:
+            client.send_channel.close()
+
+    def _push(self, handle: ClientHandle, event: ClientEvent) -> None:
+        # Nobody listening any more means the call has ended: the event is moot.
+        with contextlib.suppress(
+            trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+        ):
+            handle.send_channel.send_nowait(event)
+
+    def _transmit(self, txn: object | None, message: Request | Response) -> None:
+        self.stats.sent += 1
+        if isinstance(message, Response):
+            server = self._servers.get(txn)
+            if server is not None:
+                flow = self._response_flow(server.request, server.flow)
+            else:
+                flow = self._response_flow_from_via(message)
+            self._send_raw(message.to_bytes(), flow)
+            return
+        client = self._clients.get(txn)
+        if client is None:
+            return
+        self._send_to(message.to_bytes(), client.destination)
+
+    def _send_to(self, data: bytes, destination: Destination) -> None:
+        if destination.flow is not None:
+            self._send_raw(data, destination.flow)
+            return
+        transport = destination.transport
+        if transport == "udp":
+            self._udp_for(destination.address[0]).send(data, destination.address)
+        else:
+            self.tcp.send(data, destination.address, None)
+
+    def _udp_for(self, host: str) -> UdpListener:
+        want_v6 = ":" in host
+        for listener in self.udp:
+            if (":" in listener.local[0]) == want_v6:
+                return listener
+        return self.udp[0]
+
+    def _send_raw(self, data: bytes, flow: Flow) -> None:
+        if flow.transport == "udp":
+            for listener in self.udp:
+                if listener.local == flow.local:
+                    listener.send(data, flow.remote)
+                    return
+            self._udp_for(flow.remote[0]).send(data, flow.remote)
+        else:
+            self.tcp.send(data, flow.remote, flow.conn_id)
+
+    def _response_flow(self, request: Request, flow: Flow) -> Flow:
+        """RFC 3261 18.2.2 and RFC 3581 4: reliable -> same connection; UDP -> rport/received."""
+        if flow.reliable:
+            return flow
+        top = request.top_via
+        host = top.params.get("received") or top.host
+        rport = top.params.get("rport")
+        port = int(rport) if rport else (top.port or 5060)
+        if "rport" in top.params and rport:
+            return Flow("udp", flow.local, (host, port))
+        return Flow("udp", flow.local, (host, port))
+
+    def _response_flow_from_via(self, response: Response) -> Flow:
+        top = response.top_via
+        host = top.params.get("received") or top.host
+        rport = top.params.get("rport")
+        port = int(rport) if rport else (top.port or 5060)
+        local = self.udp[0].local
+        return Flow(top.transport.lower(), local, (host, port))
