@@ -42,6 +42,11 @@ _SENT_PROTOCOL = re.compile(
     rf"[ \t]*([{_TOKEN_CHARS}]+)[ \t]*/[ \t]*([{_TOKEN_CHARS}]+)[ \t]*/[ \t]*([{_TOKEN_CHARS}]+)"
     r"[ \t]+"
 )
+# Methods the gateway sees all the time: known tokens, so the regex check is skipped for them.
+_COMMON_METHODS = frozenset(
+    {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "UPDATE", "PRACK", "INFO"}
+    | {"REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE", "PUBLISH"}
+)
 _MAX_CSEQ = 2**31  # RFC 3261 8.1.1.5: the sequence number is below 2**31
 
 
@@ -160,7 +165,7 @@ def parse_cseq(value: str) -> CSeq:
     seq = int(seq_text)
     if seq >= _MAX_CSEQ:
         raise HeaderError("Bad CSeq number")
-    if not _TOKEN.fullmatch(method):
+    if method not in _COMMON_METHODS and not _TOKEN.fullmatch(method):
         raise HeaderError("Bad CSeq method")
     return CSeq(seq, method)
 

@@ -107,7 +107,7 @@ _KNOWN: dict[str, tuple[str, str]] = {
 _KNOWN.update({short: _KNOWN[full.lower()] for short, full in _COMPACT_FORMS.items()})
 # exact spellings seen on the wire -> (key, name); saves a lower() per header on the hot path
 _SPELLINGS: dict[str, tuple[str, str]] = dict(_KNOWN)
-_SPELLINGS.update({name: entry for name, entry in ((e[1], e) for e in _KNOWN.values())})
+_SPELLINGS.update({entry[1]: entry for entry in _KNOWN.values()})
 _SPELLINGS.update({short.upper(): _KNOWN[short] for short in _COMPACT_FORMS})
 
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
@@ -379,15 +379,15 @@ def parse(data: bytes) -> Request | Response:
     if len(data) > MAX_MESSAGE:
         raise ParseError("Message too large")
     text, rest = _split_head(data)
-    lines = _split_lines(text)
-    start = lines[0]
-    if "\x00" in start:
-        raise ParseError("NUL byte in start line")
-    if _START_LINE_CONTROL.search(start):
-        raise ParseError("Control character in start line")
+    start = text.partition("\n")[0].removesuffix("\r")
+    if not start.isprintable():  # rare: only then look for what is not allowed
+        if "\x00" in start:
+            raise ParseError("NUL byte in start line")
+        if _START_LINE_CONTROL.search(start):
+            raise ParseError("Control character in start line")
     if start[:4].upper() == "SIP/":
         status, reason = _status_line(start)
-        items, first = _read_headers(lines, text)
+        items, first = _read_headers(text)
         body = _body(items, first, rest)
         _check_required(first)
         response = Response(status, reason, Headers._trusted(items), body)
@@ -395,7 +395,7 @@ def parse(data: bytes) -> Request | Response:
         return response
     method, uri, version_ok = _request_line(start)
     try:
-        items, first = _read_headers(lines, text)
+        items, first = _read_headers(text)
         if not version_ok:
             raise ParseError("Unsupported SIP version")
         body = _body(items, first, rest)
@@ -404,6 +404,7 @@ def parse(data: bytes) -> Request | Response:
         if _seed_cseq(request, first["cseq"]).method != method:
             raise ParseError("CSeq method mismatch")
     except ParseError as exc:
+        # The request line was readable: try to give the caller enough to answer 400.
         exc.partial = _salvage(method, uri, text)
         raise
     return request
@@ -412,8 +413,8 @@ def parse(data: bytes) -> Request | Response:
 def _split_head(data: bytes) -> tuple[str, bytes]:
     """(header section text including the start line, bytes after the empty line)."""
     start = 0
-    while data[start : start + 1] in (b"\r", b"\n") and start < len(data):
-        start += 1  # RFC 3261 7.5: CRLFs before the start line are ignored
+    if data[:1] in (b"\r", b"\n"):
+        start = len(data) - len(data.lstrip(b"\r\n"))  # RFC 3261 7.5: CRLFs before are ignored
     if start == len(data):
         raise ParseError("Empty message")
     end, body_start = _find_head_end(data, start)
@@ -499,13 +500,14 @@ def _request_line(line: str) -> tuple[str, str, bool]:
     raise ParseError("Malformed request line")
 
 
-def _read_headers(lines: list[str], text: str) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
-    """(header fields as (key, name, value), first value per key)."""
+def _read_headers(text: str) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+    """(header fields as (key, name, value), first value per key) of a header section."""
+    lines = _split_lines(text)
     if len(lines) - 1 > MAX_HEADERS:
         raise ParseError("Too many headers")
     if "\x00" in text:
         raise ParseError("NUL byte in header")
-    if len(text) > MAX_HEADER_LENGTH and any(len(line) > MAX_HEADER_LENGTH for line in lines):
+    if len(text) > MAX_HEADER_LENGTH and any(len(line) > MAX_HEADER_LENGTH for line in lines[1:]):
         raise ParseError("Header too long")
     items: list[tuple[str, str, str]] = []
     append = items.append
@@ -588,8 +590,10 @@ _LINE_BREAK = (0x0D, 0x0A)
 
 class StreamFramer:
     """Cuts a TCP/TLS byte stream into messages (RFC 3261 18.3: Content-Length is mandatory on
-    streams) and CRLF keep-alives (RFC 5626 3.5.1). Buffers at most one message beyond what
-    `next_message` has returned; after a framing error it keeps raising it."""
+    streams) and CRLF keep-alives (RFC 5626 3.5.1). A header section or message over
+    `max_message` bytes is refused before it is buffered whole, so a peer that never ends its
+    headers costs at most `max_message` plus one read. After a framing error `next_message`
+    keeps raising it and further input is dropped: the caller closes the connection."""
 
     def __init__(self, max_message: int = MAX_MESSAGE) -> None:
         self._buffer = bytearray()
@@ -677,7 +681,7 @@ def _stream_content_length(head: bytes) -> int:
         if not value.isdigit():
             raise ParseError("Bad Content-Length")
         digits = value.lstrip(b"0")
-        found = MAX_MESSAGE + 1 if len(digits) > 9 else int(digits or b"0")
+        found = 10**18 if len(digits) > 18 else int(digits or b"0")  # int() of huge input is slow
         if length is not None and found != length:
             raise ParseError("Bad Content-Length")
         length = found

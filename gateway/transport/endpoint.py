@@ -214,10 +214,28 @@ class SipEndpoint:
         except ParseError as exc:
             self._on_framing_error(exc, flow)
             return
-        if isinstance(message, Request):
-            self._on_request(message, flow)
-        else:
-            self._on_response(message, flow)
+        try:
+            if isinstance(message, Request):
+                self._on_request(message, flow)
+            else:
+                self._on_response(message, flow)
+        except ValueError as exc:
+            # Via, From, To and URIs are parsed on first use: one that frames but does
+            # not parse (HeaderError, UriError) surfaces here, not in parse().
+            self._on_bad_header(message, exc, flow)
+
+    def _on_bad_header(self, message: Request | Response, exc: ValueError, flow: Flow) -> None:
+        self.stats.malformed += 1
+        log.info("malformed sip header", remote=flow.remote, reason=str(exc))
+        if not isinstance(message, Request) or message.method == "ACK":
+            return
+        try:
+            response = make_response(message, 400, f"Bad Header: {exc}"[:120])
+            destination = self._response_flow(message, flow)
+        except ValueError:
+            self.stats.dropped_unaddressable += 1
+            return  # not even the Via can be read: no response can be addressed
+        self._send_raw(response.to_bytes(), destination)
 
     def _on_framing_error(self, exc: ParseError, flow: Flow) -> None:
         self.stats.malformed += 1
