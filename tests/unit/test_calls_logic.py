@@ -1,0 +1,219 @@
+"""The pure decisions of the call logic: registrar bindings, routing, statuses, CDR words."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.calls.b2bua import best_status, map_status, media_target
+from gateway.calls.call import CallRecord, disposition_for
+from gateway.calls.registrar import ExpiryPolicy, RegisterRefused, decide, destination_of
+from gateway.calls.router import AppRoute, Refusal, Router, TrunkRoute, pick_trunk, to_e164
+from gateway.config import parse_config
+from gateway.sip.message import Request, parse
+from gateway.sip.sdp import parse_sdp
+from gateway.sip.uri import parse_uri
+from gateway.store.model import Binding, Subscriber
+from gateway.transport.flow import Flow
+
+POLICY = ExpiryPolicy(min_expires=60, max_expires=3600, default_expires=600)
+FLOW = Flow("udp", ("127.0.0.1", 5060), ("203.0.113.7", 40001))
+NOW = 1_000_000.0
+
+
+def register(*headers: str, cseq: int = 2, call_id: str = "reg-1") -> Request:
+    lines = [
+        "REGISTER sip:127.0.0.1 SIP/2.0",
+        "Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKr1;rport",
+        "From: <sip:1001@127.0.0.1>;tag=a",
+        "To: <sip:1001@127.0.0.1>",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} REGISTER",
+        *headers,
+        "Content-Length: 0",
+        "",
+        "",
+    ]
+    message = parse("\r\n".join(lines).encode())
+    assert isinstance(message, Request)
+    return message
+
+
+def binding(contact: str, *, cseq: int = 1, call_id: str = "reg-1") -> Binding:
+    return Binding(
+        aor="1001",
+        contact=contact,
+        expires_at=NOW + 100,
+        source_host="203.0.113.7",
+        source_port=40001,
+        local_host="127.0.0.1",
+        local_port=5060,
+        transport="udp",
+        call_id=call_id,
+        cseq=cseq,
+    )
+
+
+def test_register_saves_the_nat_source_and_clamps_expiry() -> None:
+    request = register("Contact: <sip:1001@10.0.0.2:5060>;expires=99999")
+    changes = decide(request, "1001", FLOW, [], POLICY, NOW)
+    [saved] = changes.save
+    assert saved.contact == "sip:1001@10.0.0.2:5060"
+    assert saved.expires_at == NOW + 3600
+    assert (saved.source_host, saved.source_port) == ("203.0.113.7", 40001)
+    destination = destination_of(saved)
+    assert destination.address == ("203.0.113.7", 40001)  # not the private Contact address
+
+
+def test_register_default_and_header_expires() -> None:
+    default = decide(register("Contact: <sip:a@h>"), "1001", FLOW, [], POLICY, NOW)
+    assert default.save[0].expires_at == NOW + 600
+    header = decide(register("Contact: <sip:a@h>", "Expires: 120"), "1001", FLOW, [], POLICY, NOW)
+    assert header.save[0].expires_at == NOW + 120
+
+
+def test_register_several_contacts_and_removal() -> None:
+    request = register("Contact: <sip:a@h1>, <sip:b@h2>;expires=0")
+    changes = decide(request, "1001", FLOW, [binding("sip:b@h2")], POLICY, NOW)
+    assert [b.contact for b in changes.save] == ["sip:a@h1"]
+    assert changes.remove == ["sip:b@h2"]
+
+
+def test_register_wildcard_removes_all_only_with_expires_zero() -> None:
+    changes = decide(register("Contact: *", "Expires: 0"), "1001", FLOW, [], POLICY, NOW)
+    assert changes.remove_all
+    with pytest.raises(RegisterRefused) as info:
+        decide(register("Contact: *"), "1001", FLOW, [], POLICY, NOW)
+    assert info.value.status == 400
+
+
+def test_register_too_brief_gets_423_with_min_expires() -> None:
+    with pytest.raises(RegisterRefused) as info:
+        decide(register("Contact: <sip:a@h>;expires=10"), "1001", FLOW, [], POLICY, NOW)
+    assert info.value.status == 423
+    assert info.value.extra == [("Min-Expires", "60")]
+
+
+def test_register_out_of_order_cseq_is_refused() -> None:
+    existing = [binding("sip:a@h", cseq=5)]
+    with pytest.raises(RegisterRefused) as info:
+        decide(register("Contact: <sip:a@h>", cseq=5), "1001", FLOW, existing, POLICY, NOW)
+    assert info.value.status == 500
+    changes = decide(register("Contact: <sip:a@h>", cseq=6), "1001", FLOW, existing, POLICY, NOW)
+    assert changes.save
+
+
+def test_register_bad_expires_value() -> None:
+    with pytest.raises(RegisterRefused, match="Bad Expires"):
+        decide(register("Contact: <sip:a@h>;expires=soon"), "1001", FLOW, [], POLICY, NOW)
+
+
+CONFIG = parse_config(
+    """
+[[trunks]]
+name = "cn"
+host = "198.51.100.5"
+prefixes = ["86"]
+[[trunks]]
+name = "world"
+host = "198.51.100.6"
+prefixes = [""]
+""",
+    source="test.toml",
+)
+ALICE = Subscriber(username="1001", password="x", numbers=["+8613900139001"])
+BOB = Subscriber(username="1002", password="y", numbers=["+8613900139002"])
+SUBSCRIBERS = {"1001": ALICE, "1002": BOB}
+NUMBERS = {"+8613900139001": ALICE, "+8613900139002": BOB}
+
+
+def route(target: str, registered: dict[str, list[Binding]] | None = None) -> object:
+    bindings = registered or {}
+    uri = parse_uri(target)
+    return Router(CONFIG).route(uri, SUBSCRIBERS, NUMBERS, lambda aor: bindings.get(aor, []))
+
+
+def test_route_to_registered_subscriber_by_name_or_number() -> None:
+    registered = {"1002": [binding("sip:1002@h")]}
+    by_name = route("sip:1002@gw", registered)
+    by_number = route("sip:+8613900139002@gw", registered)
+    assert isinstance(by_name, AppRoute) and by_name.subscriber is BOB
+    assert isinstance(by_number, AppRoute) and by_number.subscriber is BOB
+
+
+def test_route_unregistered_subscriber_is_temporarily_unavailable() -> None:
+    assert route("sip:1002@gw") == Refusal(480, "Temporarily Unavailable")
+
+
+def test_route_numbers_to_the_longest_prefix_trunk() -> None:
+    china = route("sip:+8613800138000@gw")
+    abroad = route("sip:0044207946000@gw")
+    assert isinstance(china, TrunkRoute) and china.trunk.name == "cn"
+    assert china.request_uri == "sip:+8613800138000@198.51.100.5:5060"
+    assert isinstance(abroad, TrunkRoute) and abroad.trunk.name == "world"
+    assert abroad.number == "+44207946000"
+
+
+def test_route_refuses_what_is_not_a_number() -> None:
+    assert route("sip:alice@gw") == Refusal(404, "Not Found")
+
+
+def test_e164_normalisation_and_prefix_pick() -> None:
+    assert to_e164("+86 139-0013-9001") == "+8613900139001"
+    assert to_e164("0086139") == "+86139"
+    assert to_e164("12") is None
+    assert to_e164("abc") is None
+    assert pick_trunk(list(CONFIG.trunks), "+8613800138000") is CONFIG.trunks[0]
+    assert pick_trunk([], "+1") is None
+
+
+@pytest.mark.parametrize(
+    ("statuses", "best"),
+    [([486], 486), ([408, 486], 486), ([408], 408), ([503, 404], 404), ([404, 603], 603)],
+)
+def test_best_response_over_forks(statuses: list[int], best: int) -> None:
+    assert best_status(statuses) == best
+
+
+def test_status_mapping_hides_callee_side_auth_and_redirects() -> None:
+    assert map_status(407)[0] == 503
+    assert map_status(302)[0] == 480
+    assert map_status(486) == (486, None)
+
+
+def test_media_target_reads_connection_and_rtcp() -> None:
+    sdp = parse_sdp(
+        b"v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n"
+        b"m=video 0 RTP/AVP 96\r\nm=audio 4000 RTP/AVP 8\r\na=rtcp:4005\r\n"
+    )
+    assert media_target(sdp) == ("198.51.100.1", 4000, 4005)
+    muxed = parse_sdp(
+        b"v=0\r\no=- 1 1 IN IP4 h\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\n"
+        b"m=audio 5000 RTP/AVP 0\r\na=rtcp-mux\r\n"
+    )
+    assert media_target(muxed) == ("198.51.100.2", 5000, 5000)
+
+
+@pytest.mark.parametrize(
+    ("status", "answered", "reason", "word"),
+    [
+        (None, True, "caller-bye", "answered"),
+        (487, False, "caller-cancel", "cancelled"),
+        (408, False, "no-answer-timeout", "no-answer"),
+        (486, False, "callee-rejected", "busy"),
+        (404, False, "callee-rejected", "rejected"),
+        (503, False, "callee-rejected", "failed"),
+    ],
+)
+def test_dispositions(status: int | None, answered: bool, reason: str, word: str) -> None:
+    assert disposition_for(status, answered, reason) == word
+
+
+def test_call_record_keeps_the_first_end_reason() -> None:
+    record = CallRecord("c1", "1001", "1002", "app", None, "cid")
+    record.answer = record.start
+    record.finish("caller-bye")
+    record.finish("media-timeout")
+    cdr = record.cdr()
+    assert cdr.end_reason == "caller-bye"
+    assert cdr.disposition == "answered"
+    assert cdr.duration >= 0
