@@ -31,7 +31,7 @@ from gateway.calls.registrar import destination_of
 from gateway.calls.router import AppRoute, TrunkRoute
 from gateway.config import Config
 from gateway.media.relay import MediaSession, PortAllocator, PortsExhausted
-from gateway.sip.dialog import Dialog, DialogError
+from gateway.sip.dialog import Dialog, DialogError, DialogState
 from gateway.sip.headers import CSeq
 from gateway.sip.message import (
     Headers,
@@ -171,7 +171,7 @@ def map_status(status: int) -> tuple[int, str | None]:
     """What the caller is told for a callee-side failure."""
     if status in (401, 407):
         return 503, "Callee Side Authentication Failed"
-    if 300 <= status < 400:
+    if 300 <= status < 400 or status == 430:  # 430: the callee's flow is gone (RFC 5626)
         return 480, "Temporarily Unavailable"
     return status, None
 
@@ -313,7 +313,9 @@ class Call:
         for leg in (self.a, self.b):
             if leg.dialog is not None and leg.destination is not None and not leg.acked.is_set():
                 leg.acked.set()
-            if leg.dialog is not None and leg.destination is not None and not leg.bye_done:
+            if leg.dialog is None or leg.destination is None or leg.bye_done:
+                continue
+            if leg.dialog.state is DialogState.CONFIRMED:  # early: no 2xx went out, no BYE
                 self._send_bye(leg)
 
     def _send_bye(self, leg: Leg) -> None:
@@ -365,20 +367,28 @@ class Call:
         self.a.peer_allows_update = _allows(self.invite, "UPDATE")
         return True
 
-    def _set_remote(self, leg: str, sdp: SessionDescription) -> None:
+    def _set_remote(self, leg: str, sdp: SessionDescription) -> bool:
+        """Point the relay at the SDP's media address; False when it cannot be used."""
         target = media_target(sdp)
         if target is None:
-            return
+            return True
         host, rtp, rtcp = target
         if host in ("0.0.0.0", "::"):
-            return  # RFC 2543-style hold: keep the latched peer, it simply stops sending
-        self.media.set_remote(leg, host, rtp, rtcp)
+            return True  # RFC 2543-style hold: keep the latched peer, it simply stops sending
+        try:
+            self.media.set_remote(leg, host, rtp, rtcp)
+        except ValueError as exc:  # a host name, or a family the relay does not have
+            log.warning("unusable media address", call=self.id, leg=leg, reason=str(exc))
+            return False
+        return True
 
     async def _setup(self, nursery: trio.Nursery) -> bool:
         offer = self._offer()
         if offer is None:
             return False
-        self._set_remote("a", offer)
+        if not self._set_remote("a", offer):
+            self._refuse(488, "Unusable Media Address", "bad-sdp")
+            return False
         self._make_branches(offer)
         for fork in self.branches:
             self._start_branch(fork, nursery)
@@ -481,7 +491,10 @@ class Call:
             self.on_stray_2xx(event)
             return
         # A second fork answered too: acknowledge and release it (RFC 3261 13.2.2.4).
-        late = Dialog.as_uac(branch.request, event)
+        try:
+            late = Dialog.as_uac(branch.request, event)
+        except DialogError:
+            return  # no usable Contact: it cannot be reached in-dialog
         self.host.endpoint.send_ack(late.create_ack(event.cseq.seq), branch.destination)
         bye = late.create_request("BYE")
         self._finish_headers(bye)
@@ -556,19 +569,25 @@ class Call:
         self.host.endpoint.send_request(cancel, branch.destination, keep_via=True)
 
     def _on_answer(self, branch: Branch, response: Response) -> bool:
+        try:
+            dialog = Dialog.as_uac(branch.request, response)
+        except DialogError as exc:  # e.g. a 2xx without Contact: nothing to ACK or BYE
+            log.warning("callee answer unusable", call=self.id, reason=str(exc))
+            branch.final = response.status
+            self._refuse(502, "Unusable Answer From Callee", "callee-bad-answer")
+            return False
         self.winner = branch
         self.b.destination = branch.destination
-        self.b.dialog = Dialog.as_uac(branch.request, response)
+        self.b.dialog = dialog
         self.host.endpoint.send_ack(self.b.dialog.create_ack(response.cseq.seq), branch.destination)
         for other in self.branches:
             if other is not branch:
                 self._cancel_branch(other)
         answer = _sdp_of(response)
-        if answer is None or media_target(answer) is None:
+        if answer is None or media_target(answer) is None or not self._set_remote("b", answer):
             self._refuse(502, "Callee Answered Without Usable SDP", "callee-bad-sdp")
             self._send_bye(self.b)
             return False
-        self._set_remote("b", answer)
         ok = make_response(self.invite, 200, None, to_tag=self.a.local_tag)
         self._a_contact(ok)
         ok.headers.set("Allow", ALLOW)
@@ -583,7 +602,7 @@ class Call:
         contact = ok.headers.get("Contact") or ""
         self.a.dialog = Dialog.as_uas(self.invite, self.a.local_tag, contact.strip("<>"))
         self.b.timer = self._new_timer()
-        self.b.timer.on_response(response)
+        _apply_session_expires(self.b.timer, response)
         self.b.timer.refreshed(now)
         self.b.peer_allows_update = _allows(response, "UPDATE")
         self.server.respond(ok)
@@ -683,7 +702,7 @@ class Call:
         if method == "INVITE" and 200 <= final.status < 300:
             self.host.endpoint.send_ack(leg.dialog.create_ack(final.cseq.seq), leg.destination)
         if 200 <= final.status < 300:
-            leg.timer.on_response(final)
+            _apply_session_expires(leg.timer, final)
             leg.timer.refreshed(trio.current_time())
         elif final.status in (408, 481):
             self.end("session-refresh-failed", final.status)
@@ -855,6 +874,16 @@ def _on_hold(sdp: SessionDescription) -> bool:
             held_address = connection is not None and connection.address in ("0.0.0.0", "::")
             return held_address or media.direction in ("sendonly", "inactive")
     return False
+
+
+def _apply_session_expires(timer: SessionTimer, response: Response) -> None:
+    """A 2xx's Session-Expires; one that does not parse is read as absent (RFC 4028 7.2:
+    the peer does not do session timers, so we refresh at our own interval)."""
+    try:
+        timer.on_response(response)
+    except SessionTimerError as exc:
+        log.info("bad Session-Expires in a 2xx ignored", reason=str(exc))
+        timer.we_refresh = True
 
 
 def _allows(message: Request | Response, method: str) -> bool:

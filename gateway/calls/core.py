@@ -21,6 +21,7 @@ from gateway.calls.router import Refusal, Router
 from gateway.config import Config
 from gateway.media.relay import PortAllocator
 from gateway.sip.auth import AuthOutcome, DigestServer
+from gateway.sip.dialog import Dialog, DialogError
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.uri import SipUri, TelUri, UriError
 from gateway.store.base import Store
@@ -48,6 +49,10 @@ KNOWN_METHODS = frozenset(
         "PUBLISH",
     }
 )
+
+# Allowed, but only inside a dialog (RFC 3261 15.1.2, RFC 3311 5.2, RFC 3262 3, RFC 6086 4.2):
+# out of one they match nothing, which is 481 rather than 405 with themselves in Allow.
+DIALOG_ONLY_METHODS = frozenset({"BYE", "UPDATE", "INFO", "PRACK"})
 
 
 @dataclass
@@ -119,6 +124,9 @@ class CallCore:
             "REGISTER": self._register,
             "INVITE": self._invite,
         }.get(request.method)
+        if handler is None and request.method in DIALOG_ONLY_METHODS:
+            server.reply(481, "Call/Transaction Does Not Exist")  # no To tag: no dialog
+            return
         if handler is None:
             response = make_response(request, 405, "Method Not Allowed")
             response.headers.set("Allow", ALLOW)
@@ -138,7 +146,10 @@ class CallCore:
         try:
             request.parsed_uri  # noqa: B018  (parsing is the check)
         except (UriError, ValueError) as exc:
-            server.reply(416 if ":" not in request.uri else 400, f"Bad Request-URI: {exc}")
+            # RFC 3261 8.2.2.1: a scheme we do not understand is 416, a broken URI 400.
+            scheme = request.uri.partition(":")[0].lower()
+            status = 400 if scheme in ("sip", "sips", "tel") else 416
+            server.reply(status, f"Bad Request-URI: {exc}")
             return False
         return True
 
@@ -221,6 +232,13 @@ class CallCore:
             return
         username = self._authenticate(request, server, proxy=True)
         if username is None:
+            return
+        # The caller's dialog is built only once the callee answers: an INVITE whose
+        # Contact or Record-Route cannot carry one is refused now, before anyone rings.
+        try:
+            Dialog.as_uas(request, server.local_tag, "")
+        except DialogError as exc:
+            server.reply(exc.status or 400, str(exc))
             return
         caller = self.subscribers[username]
         if len(self.calls) >= self.config.limits.max_calls:

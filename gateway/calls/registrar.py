@@ -74,7 +74,10 @@ def decide(
     call_id = request.call_id
     by_contact = {b.contact: b for b in existing}
     for value in contacts:
-        contact = parse_name_addr_list(value)[0]
+        try:
+            contact = parse_name_addr_list(value)[0]
+        except ValueError as exc:  # HeaderError, UriError: the client's mistake, not ours
+            raise RegisterRefused(400, f"Bad Contact: {exc}") from None
         uri = str(contact.uri)
         expires = _expires_of(contact, header_expires, policy)
         old = by_contact.get(uri)

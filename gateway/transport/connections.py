@@ -9,6 +9,7 @@ awaits, and a slow TCP peer cannot stall anyone but itself.
 from __future__ import annotations
 
 import itertools
+import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ FramingError = Callable[[ParseError, Flow], None]
 
 _SEND_QUEUE = 256
 _conn_ids = itertools.count(1)
+# Flow ids are stored with TCP bindings. They must never name a connection of a later
+# process, or a request for a binding made before a restart would go to whoever got
+# the same number after it.
+_boot = secrets.token_hex(4)
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -133,7 +138,7 @@ class TcpTransport:
 
     def _new_connection(self, local: Address, remote: Address) -> TcpConnection:
         send, recv = trio.open_memory_channel[bytes](_SEND_QUEUE)
-        conn = TcpConnection(f"tcp-{next(_conn_ids)}", local, remote, None, send, recv)
+        conn = TcpConnection(f"tcp-{_boot}-{next(_conn_ids)}", local, remote, None, send, recv)
         conn.last_activity = trio.current_time()
         self.by_id[conn.conn_id] = conn
         self.by_remote[remote] = conn

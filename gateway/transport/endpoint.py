@@ -274,6 +274,9 @@ class SipEndpoint:
 
     def _on_request(self, request: Request, flow: Flow) -> None:
         self._stamp_via(request, flow)
+        # From and To parse lazily; read them before a transaction exists, so that a bad
+        # one is refused by _on_bytes without leaving an orphan transaction behind.
+        _ = (request.from_, request.to)
         try:
             txn, outputs = self.layer.receive_request(request, self.clock(), flow.reliable)
         except OverloadError:
@@ -342,6 +345,13 @@ class SipEndpoint:
             request.headers.prepend("Via", self.new_via(destination))
         send, recv = trio.open_memory_channel[ClientEvent](32)
         handle = ClientHandle(request, destination, send, recv)
+        flow = destination.flow
+        if flow is not None and flow.conn_id is not None and flow.conn_id not in self.tcp.by_id:
+            # RFC 5626 5.3: the connection a binding came in on has closed, and nothing
+            # else reaches an app behind NAT: fail now with 430 rather than after Timer B.
+            self._push(handle, make_response(request, 430, "Flow Failed"))
+            send.close()
+            return handle
         now = self.clock()
         txn, outputs = self.layer.start_client(
             request, reliable=destination.transport != "udp", now=now

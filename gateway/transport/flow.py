@@ -8,6 +8,7 @@ apps behind NAT cannot be reached any other way.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -39,6 +40,9 @@ class Destination:
     flow: Flow | None = None
 
 
+# Called for every Via and Contact we write, on a handful of distinct hosts (our own
+# listeners, trunks, peers): parsing the address each time cost ~1.5 % of a call set-up.
+@functools.lru_cache(maxsize=4096)
 def host_for_uri(host: str) -> str:
     """Hosts in URIs and Via need brackets when they are IPv6 literals (RFC 3261 25.1)."""
     try:
