@@ -133,7 +133,6 @@ class MediaConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     max_calls: int = 2000
     cps_per_account: int = 1000
-    ban_loopback: bool = False
 
 
 class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -669,7 +668,7 @@ def default_config(var_dir: Path | str | None = None) -> Config:
     )
     return Config(
         general=general,
-        limits=LimitsConfig(max_calls=2000, cps_per_account=1000, ban_loopback=False),
+        limits=LimitsConfig(max_calls=2000, cps_per_account=1000),
         subscribers=subscribers,
         trunks=[carrier],
         partners=[partner],

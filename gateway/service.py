@@ -178,6 +178,7 @@ class Gateway:
             "active_calls": len(core.calls),
             "calls_started": core.stats.calls_started,
             "calls_refused": core.stats.calls_refused,
+            "calls_rate_limited": core.stats.calls_rate_limited,
             "auth_challenges": core.stats.auth_challenges,
             "auth_failures": core.stats.auth_failures,
             "sip_received": endpoint.stats.received,

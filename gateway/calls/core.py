@@ -16,6 +16,7 @@ import structlog
 import trio
 
 from gateway.calls.b2bua import ALLOW, Call
+from gateway.calls.limits import RateLimiter
 from gateway.calls.registrar import Registrar
 from gateway.calls.router import Refusal, Router
 from gateway.config import Config
@@ -59,6 +60,7 @@ DIALOG_ONLY_METHODS = frozenset({"BYE", "UPDATE", "INFO", "PRACK"})
 class CoreStats:
     calls_started: int = 0
     calls_refused: int = 0
+    calls_rate_limited: int = 0
     auth_challenges: int = 0
     auth_failures: int = 0
     registrations: int = 0
@@ -81,6 +83,7 @@ class CallCore:
         self.digest = digest
         self.allocator = allocator
         self.router = Router(config)
+        self.attempts = RateLimiter(config.limits.cps_per_account)
         self.endpoint: SipEndpoint = None  # type: ignore[assignment]  # set by the service
         self.subscribers: dict[str, Subscriber] = {}
         self.numbers: dict[str, Subscriber] = {}
@@ -241,6 +244,12 @@ class CallCore:
             server.reply(exc.status or 400, str(exc))
             return
         caller = self.subscribers[username]
+        if not self.attempts.allow(username, time.monotonic()):
+            self.stats.calls_rate_limited += 1
+            response = make_response(request, 503, "Call Rate Limit Exceeded")
+            response.headers.set("Retry-After", "1")
+            server.respond(response)
+            return
         if len(self.calls) >= self.config.limits.max_calls:
             self.stats.calls_refused += 1
             server.reply(503, "Too Many Calls")

@@ -85,7 +85,6 @@ def test_default_config_is_the_loopback_demo() -> None:
     assert len(partner.masked_pool) == len(set(partner.masked_pool)) == 100
     assert partner.masked_pool[0] == "+8617000000000"
     assert partner.masked_pool[-1] == "+8617000000099"
-    assert not config.limits.ban_loopback
 
 
 def test_default_config_takes_a_var_dir(tmp_path: Path) -> None:
