@@ -278,23 +278,33 @@ class Call:
         self.host.register_dialog(self.a.call_id, self.a.local_tag, self, "a")
         self.host.register_dialog(self.b.call_id, self.b.local_tag, self, "b")
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                try:
-                    self.ports = await nursery.start(self.media.run)
-                except PortsExhausted:
-                    self._refuse(503, "Media Ports Exhausted", "media-ports-exhausted")
-                    return
-                nursery.start_soon(self._inbox_loop)
-                if await self._setup(nursery):
-                    await self._talk()
-                nursery.cancel_scope.cancel()
+            await self._lifetime()
+        except Exception:
+            # A fault in one call ends that call, never the gateway around it.
+            log.exception("call failed", call=self.id)
+            self.record.finish("internal-error", 500)
         finally:
             with trio.CancelScope(shield=True):
-                self._wrap_up()
+                try:
+                    self._wrap_up()
+                except Exception:
+                    log.exception("call wrap-up failed", call=self.id)
                 self.host.forget(self)
                 with trio.move_on_after(10):
                     await self.host.record(self)
+
+    async def _lifetime(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                self.ports = await nursery.start(self.media.run)
+            except PortsExhausted:
+                self._refuse(503, "Media Ports Exhausted", "media-ports-exhausted")
+                return
+            nursery.start_soon(self._inbox_loop)
+            if await self._setup(nursery):
+                await self._talk()
+            nursery.cancel_scope.cancel()
 
     def _refuse(self, status: int, reason: str | None, end_reason: str) -> None:
         if not self.server.final_sent:
@@ -306,7 +316,11 @@ class Call:
         if self.record.end is None:
             self.record.finish("gateway-shutdown", None)
         if not self.server.final_sent:
-            self.server.reply(503, "Service Unavailable", to_tag=self.a.local_tag)
+            failed = self.record.end_reason == "internal-error"
+            status, reason = (
+                (500, "Server Internal Error") if failed else (503, "Service Unavailable")
+            )
+            self.server.reply(status, reason, to_tag=self.a.local_tag)
         for branch in self.branches:
             if branch is not self.winner and branch.final is None:
                 self._cancel_branch(branch, force=True)

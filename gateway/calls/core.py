@@ -118,7 +118,7 @@ class CallCore:
             return
         max_forwards = request.headers.get("Max-Forwards")
         if max_forwards is not None and max_forwards.strip() == "0" and request.method != "OPTIONS":
-            server.reply(483, "Too Many Hops")
+            server.refuse(483, "Too Many Hops")
             return
         if not self._uri_ok(request, server):
             return
@@ -152,7 +152,7 @@ class CallCore:
             # RFC 3261 8.2.2.1: a scheme we do not understand is 416, a broken URI 400.
             scheme = request.uri.partition(":")[0].lower()
             status = 400 if scheme in ("sip", "sips", "tel") else 416
-            server.reply(status, f"Bad Request-URI: {exc}")
+            server.refuse(status, f"Bad Request-URI: {exc}")
             return False
         return True
 
@@ -195,7 +195,7 @@ class CallCore:
                 "auth failed", reason=result.reason, user=result.username, method=request.method
             )
         if outcomes & {AuthOutcome.BAD_CREDENTIALS, AuthOutcome.UNKNOWN_USER}:
-            server.reply(403, "Forbidden")
+            server.refuse(403, "Forbidden")
             return None
         stale = bool(outcomes & {AuthOutcome.STALE, AuthOutcome.REPLAY})
         self.stats.auth_challenges += 1
@@ -203,7 +203,7 @@ class CallCore:
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         for challenge in self.digest.challenge(now, stale=stale):
             response.headers.add(name, challenge)
-        server.respond(response)
+        server.reject(response)
         return None
 
     def _password(self, username: str) -> str | None:
@@ -226,12 +226,18 @@ class CallCore:
     async def _register_task(
         self, request: Request, server: ServerHandle, username: str, flow: Flow
     ) -> None:
-        response = await self.registrar.register(request, username, flow)
+        try:
+            response = await self.registrar.register(request, username, flow)
+        except Exception:
+            # A fault (or a store error) fails this REGISTER only, never the gateway.
+            log.exception("register failed", user=username)
+            server.reply(500, "Server Internal Error")
+            return
         server.respond(response)
 
     def _invite(self, request: Request, server: ServerHandle, flow: Flow) -> None:
         if self.draining:
-            server.reply(503, "Draining")
+            server.refuse(503, "Draining")
             return
         username = self._authenticate(request, server, proxy=True)
         if username is None:
@@ -241,25 +247,25 @@ class CallCore:
         try:
             Dialog.as_uas(request, server.local_tag, "")
         except DialogError as exc:
-            server.reply(exc.status or 400, str(exc))
+            server.refuse(exc.status or 400, str(exc))
             return
         caller = self.subscribers[username]
         if not self.attempts.allow(username, time.monotonic()):
             self.stats.calls_rate_limited += 1
             response = make_response(request, 503, "Call Rate Limit Exceeded")
             response.headers.set("Retry-After", "1")
-            server.respond(response)
+            server.reject(response)
             return
         if len(self.calls) >= self.config.limits.max_calls:
             self.stats.calls_refused += 1
-            server.reply(503, "Too Many Calls")
+            server.refuse(503, "Too Many Calls")
             return
         target = request.parsed_uri
         assert isinstance(target, SipUri | TelUri)
         route = self.router.route(target, self.subscribers, self.numbers, self.registrar.bindings)
         if isinstance(route, Refusal):
             self.stats.calls_refused += 1
-            server.reply(route.status, route.reason)
+            server.refuse(route.status, route.reason)
             return
         media_host = self.config.media.advertised_host or self.config.media.host
         call = Call(self, server, caller, route, media_host)

@@ -749,6 +749,15 @@ class TransactionLayer:
             heapq.heappush(self._heap, (deadline, next(self._order), txn))
             self._compact()
 
+    def discard(self, txn: ServerTransaction) -> None:
+        """Drop a server transaction whose response the TU sends statelessly.
+
+        A rejection sent this way is not retransmitted (no Timer G), so a flood
+        of requests from forged sources is not amplified; a retransmitted
+        request simply gets a fresh answer.
+        """
+        self._forget(txn)
+
     def _forget(self, txn: Transaction) -> None:
         self._scheduled.pop(txn, None)
         table: dict[TransactionKey, ClientTransaction] | dict[TransactionKey, ServerTransaction]

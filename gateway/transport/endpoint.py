@@ -85,6 +85,24 @@ class ServerHandle:
     def reply(self, status: int, reason: str | None = None, *, to_tag: str | None = None) -> None:
         self.respond(make_response(self.request, status, reason, to_tag=to_tag))
 
+    def refuse(self, status: int, reason: str | None = None) -> None:
+        self.reject(make_response(self.request, status, reason))
+
+    def reject(self, response: Response) -> None:
+        """A final non-2xx outside any call: statelessly for INVITE, so never retransmitted.
+
+        An INVITE server transaction would resend its 4xx until Timer H (RFC 3261
+        17.2.1); for a flood from forged sources that is an amplifier.
+        """
+        if self.request.method != "INVITE":
+            self.respond(response)
+            return
+        self.final_sent = True
+        if response.to.tag is None:
+            to = response.headers.get("To") or ""
+            response.headers.set("To", f"{to};tag={self.local_tag}")
+        self.endpoint._send_statelessly(self, response)
+
 
 @dataclass(eq=False)
 class ClientHandle:
@@ -371,6 +389,12 @@ class SipEndpoint:
     def resend_response(self, server: ServerHandle, response: Response) -> None:
         """The UAS core retransmits its 2xx until the ACK (RFC 3261 13.3.1.4)."""
         self._send_raw(response.to_bytes(), self._response_flow(server.request, server.flow))
+
+    def _send_statelessly(self, server: ServerHandle, response: Response) -> None:
+        self.stats.sent += 1
+        self._send_raw(response.to_bytes(), self._response_flow(server.request, server.flow))
+        self.layer.discard(server.txn)
+        self._servers.pop(server.txn, None)
 
     def _send_response(self, server: ServerHandle, response: Response) -> None:
         for output in server.txn.send(response, self.clock()):
