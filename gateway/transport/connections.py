@@ -27,6 +27,7 @@ Receiver = Callable[[bytes, Flow], None]
 FramingError = Callable[[ParseError, Flow], None]
 
 _SEND_QUEUE = 256
+_UDP_BURST = 16
 _conn_ids = itertools.count(1)
 # Flow ids are stored with TCP bindings. They must never name a connection of a later
 # process, or a request for a binding made before a restart would go to whoever got
@@ -58,11 +59,18 @@ class UdpListener:
         buf = bytearray(65536)
         view = memoryview(buf)
         while True:
-            try:
-                size, remote = await self._sock.recvfrom_into(buf)
-            except ConnectionResetError:  # ICMP unreachable from an earlier send
-                continue
-            receive(bytes(view[:size]), Flow("udp", self.local, remote[:2]))
+            await trio.lowlevel.wait_readable(self._std)
+            # Take what is queued in one go: one wake-up per burst instead of Trio's two
+            # checkpoints and an epoll re-arm per datagram, which under load cost more than
+            # 10 % of a call set-up. The burst is short so media tasks still run between.
+            for _ in range(_UDP_BURST):
+                try:
+                    size, remote = self._std.recvfrom_into(buf)
+                except BlockingIOError:
+                    break
+                except ConnectionResetError:  # ICMP unreachable from an earlier send
+                    continue
+                receive(bytes(view[:size]), Flow("udp", self.local, remote[:2]))
 
     def close(self) -> None:
         self._sock.close()
