@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.control.protocol import (
+    MAX_RESPONSE,
     ControlRequest,
     LineBuffer,
     ProtocolError,
@@ -105,7 +106,7 @@ class ControlClient:
 
     @staticmethod
     def _receive_line(sock: socket.socket, deadline: float) -> bytes:
-        lines = LineBuffer()
+        lines = LineBuffer(max_line=MAX_RESPONSE)
         while True:
             try:
                 line = lines.next_line()

@@ -14,6 +14,7 @@ import msgspec
 
 __all__ = [
     "MAX_LINE",
+    "MAX_RESPONSE",
     "ControlRequest",
     "ControlResponse",
     "LineBuffer",
@@ -25,7 +26,10 @@ __all__ = [
 ]
 
 MAX_LINE = 1024 * 1024
-"""Largest request or response line, in bytes, not counting the newline."""
+"""Largest request line, in bytes, not counting the newline."""
+
+MAX_RESPONSE = 64 * 1024 * 1024
+"""Largest response line: listings of many thousand CDRs are several MiB."""
 
 
 class ProtocolError(ValueError):
@@ -52,9 +56,9 @@ _response_decoder = msgspec.json.Decoder(ControlResponse)
 _encoder = msgspec.json.Encoder()
 
 
-def _checked_line(payload: bytes) -> bytes:
-    if len(payload) > MAX_LINE:
-        raise ProtocolError(f"message too large: {len(payload)} bytes (max {MAX_LINE})")
+def _checked_line(payload: bytes, limit: int = MAX_LINE) -> bytes:
+    if len(payload) > limit:
+        raise ProtocolError(f"message too large: {len(payload)} bytes (max {limit})")
     return payload + b"\n"
 
 
@@ -85,7 +89,7 @@ def encode_response(response: ControlResponse) -> bytes:
         payload = _encoder.encode(wire)
     except (TypeError, msgspec.EncodeError) as exc:
         raise ProtocolError(f"result is not JSON-encodable: {exc}") from exc
-    return _checked_line(payload)
+    return _checked_line(payload, MAX_RESPONSE)
 
 
 def decode_request(line: bytes) -> ControlRequest:

@@ -17,6 +17,7 @@ import trio
 from gateway.control.client import ControlClient, ControlError, GatewayNotRunning
 from gateway.control.protocol import (
     MAX_LINE,
+    MAX_RESPONSE,
     ControlRequest,
     ControlResponse,
     LineBuffer,
@@ -91,7 +92,7 @@ def test_unencodable_result_is_a_protocol_error() -> None:
 
 def test_oversized_message_is_refused() -> None:
     with pytest.raises(ProtocolError, match="too large"):
-        encode_response(ControlResponse(ok=True, result="x" * MAX_LINE))
+        encode_response(ControlResponse(ok=True, result="x" * MAX_RESPONSE))
 
 
 def test_line_buffer_splits_chunks() -> None:
