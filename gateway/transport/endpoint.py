@@ -474,18 +474,17 @@ class SipEndpoint:
         """RFC 3261 18.2.2 and RFC 3581 4: reliable -> same connection; UDP -> rport/received."""
         if flow.reliable:
             return flow
-        top = request.top_via
-        host = top.params.get("received") or top.host
-        rport = top.params.get("rport")
-        port = int(rport) if rport else (top.port or 5060)
-        if "rport" in top.params and rport:
-            return Flow("udp", flow.local, (host, port))
-        return Flow("udp", flow.local, (host, port))
+        return Flow("udp", flow.local, _via_return_address(request))
 
     def _response_flow_from_via(self, response: Response) -> Flow:
-        top = response.top_via
-        host = top.params.get("received") or top.host
-        rport = top.params.get("rport")
-        port = int(rport) if rport else (top.port or 5060)
-        local = self.udp[0].local
-        return Flow(top.transport.lower(), local, (host, port))
+        """For a retransmitted response whose transaction is not at hand: the Via says where."""
+        transport = response.top_via.transport.lower()
+        return Flow(transport, self.udp[0].local, _via_return_address(response))
+
+
+def _via_return_address(message: Request | Response) -> Address:
+    """received (or sent-by host) and rport (or sent-by port, else 5060) of the top Via."""
+    top = message.top_via
+    host = top.params.get("received") or top.host
+    rport = top.params.get("rport")
+    return host, int(rport) if rport else (top.port or 5060)
