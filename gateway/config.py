@@ -75,6 +75,9 @@ class GeneralConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     var_dir: str = "./var"
     log_level: LogLevel = "info"
     log_format: LogFormat = "console"
+    # How often calls in progress are written to the store; a crash loses at most this
+    # much of their duration (DESIGN rule 5).
+    checkpoint_interval: float = 5.0
 
     @property
     def var_path(self) -> Path:
@@ -382,6 +385,7 @@ def _problems(config: Config) -> Iterator[Problem]:
 def _general_problems(general: GeneralConfig) -> Iterator[Problem]:
     if not general.var_dir:
         yield "general.var_dir", "must not be empty"
+    yield from _seconds_problem("general.checkpoint_interval", general.checkpoint_interval)
 
 
 def _is_ip(host: str) -> bool:

@@ -29,13 +29,10 @@ from gateway.logs import configure_logging
 from gateway.media.relay import PortAllocator
 from gateway.sip.auth import DigestServer
 from gateway.sip.transaction import Timers
-from gateway.store.model import Subscriber
 from gateway.store.sqlite import SqliteStore
 from gateway.transport.endpoint import SipEndpoint
 
 log = structlog.get_logger("edgegw")
-
-CHECKPOINT_INTERVAL = 5.0
 
 
 def var_dir(config: Config) -> Path:
@@ -102,23 +99,10 @@ class Gateway:
         recovered = await self.store.recover_open_calls(time.time())
         for cdr in recovered:
             log.warning("closed call left open by a crash", call=cdr.id, end=cdr.end)
-        for subscriber in self.config_subscribers():
+        for subscriber in (entry.as_subscriber() for entry in self.config.subscribers):
             await self.store.upsert_subscriber(subscriber)
         self.core.set_subscribers(await self.store.list_subscribers())
         await self.registrar.load()
-
-    def config_subscribers(self) -> list[Subscriber]:
-        return [
-            Subscriber(
-                username=s.username,
-                password=s.password,
-                numbers=list(s.numbers),
-                srtp=s.srtp,
-                fallback=s.fallback,
-                balance=s.balance,
-            )
-            for s in self.config.subscribers
-        ]
 
     async def serve(self) -> None:
         await self.prepare()
@@ -157,7 +141,7 @@ class Gateway:
 
     async def _checkpoints(self) -> None:
         while True:
-            await trio.sleep(CHECKPOINT_INTERVAL)
+            await trio.sleep(self.config.general.checkpoint_interval)
             await self._checkpoint_now()
 
     async def _checkpoint_now(self) -> None:
@@ -206,9 +190,21 @@ class Gateway:
 def run(config: Config) -> int:
     """Run the gateway in the foreground until SIGTERM/SIGINT; the process exit code."""
     configure_logging(config.general.log_level, config.general.log_format)
+    failures: list[OSError] = []
     try:
         trio.run(Gateway(config).serve)
-    except OSError as exc:
-        log.error("cannot start", error=str(exc))
+    except* OSError as group:
+        # A socket that cannot be bound fails inside a nursery, so it arrives wrapped in
+        # (possibly nested) exception groups; the operator gets the errors, not a traceback.
+        failures = _leaf_errors(group)
+    if failures:
+        log.error("cannot start", error="; ".join(str(exc) for exc in failures))
         return 1
     return 0
+
+
+def _leaf_errors(group: ExceptionGroup[OSError]) -> list[OSError]:
+    leaves: list[OSError] = []
+    for exc in group.exceptions:
+        leaves += _leaf_errors(exc) if isinstance(exc, ExceptionGroup) else [exc]
+    return leaves

@@ -43,7 +43,12 @@ class UdpListener:
     def __init__(self, host: str, port: int) -> None:
         self._std = socket.socket(_family(host), socket.SOCK_DGRAM)
         self._std.setblocking(False)
-        self._std.bind((host, port))
+        try:
+            self._std.bind((host, port))
+        except OSError as exc:
+            self._std.close()
+            # The bare errno text does not say which of several listeners failed.
+            raise OSError(exc.errno, f"cannot bind UDP {host}:{port}: {exc.strerror}") from exc
         self.local: Address = self._std.getsockname()[:2]
         self._sock = trio.socket.from_stdlib_socket(self._std)
         self.send_errors = 0
