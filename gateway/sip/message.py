@@ -561,8 +561,9 @@ def _seed_cseq(message: Request | Response, raw: str) -> CSeq:
 
 
 def _salvage(method: str, uri: str, text: str) -> Request | None:
-    """A request holding only the Via, From, To, Call-ID and CSeq of a refused message, when
-    all five are present and parse, so that a 400 can be sent back; else None."""
+    """What a 400 needs of a refused request: its Vias (to address the answer, RFC 3261
+    18.2.2, and to let the client match it, 17.1.3) plus whichever of From, To, Call-ID
+    and CSeq are present and parse; None when no usable Via is there (nothing can answer)."""
     wanted = {key for key, _name in _REQUIRED}
     fields: list[tuple[str, str, str]] = []
     for line in text.replace("\r\n", "\n").split("\n")[1 : MAX_HEADERS + 1]:
@@ -572,14 +573,25 @@ def _salvage(method: str, uri: str, text: str) -> Request | None:
         entry = _KNOWN.get(raw_name.strip(" \t").lower())
         if colon and entry is not None and entry[0] in wanted:
             fields.append((entry[0], entry[1], value.strip(" \t")))
-    partial = Request(method, uri, Headers._trusted(fields))
-    try:
-        if not {key for key, _name, _value in fields} >= wanted or not partial.call_id:
-            return None
-        _ = (partial.vias, partial.from_, partial.to, partial.cseq)  # each must parse
-    except ValueError:  # HeaderError and UriError
+    usable = [field for field in fields if _parses(field)]
+    if not any(key == "via" for key, _name, _value in usable):
         return None
-    return partial
+    return Request(method, uri, Headers._trusted(usable))
+
+
+def _parses(field: tuple[str, str, str]) -> bool:
+    key, _name, value = field
+    probe = Request("OPTIONS", "sip:probe", Headers._trusted([field]))
+    try:
+        if key == "via":
+            _ = probe.vias
+        elif key in ("from", "to"):
+            _ = probe.from_ if key == "from" else probe.to
+        elif key == "cseq":
+            _ = probe.cseq
+        return bool(value)
+    except ValueError:  # HeaderError and UriError
+        return False
 
 
 # ---- streams ---------------------------------------------------------------------------------

@@ -257,7 +257,7 @@ class SipEndpoint:
 
     def _on_framing_error(self, exc: ParseError, flow: Flow) -> None:
         self.stats.malformed += 1
-        if exc.partial is None:
+        if exc.partial is None or exc.partial.method == "ACK":  # an ACK is never answered
             self.stats.dropped_unaddressable += 1
             log.info("malformed sip dropped", remote=flow.remote, reason=str(exc))
             return

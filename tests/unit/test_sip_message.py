@@ -305,13 +305,26 @@ def test_parse_error_partial_survives_a_bad_header_line() -> None:
     assert info.value.partial.to.uri == SipUri(user="1002", host="127.0.0.1")
 
 
+def test_parse_error_partial_keeps_what_parses_when_the_via_does() -> None:
+    """A 400 needs only the Via to be addressed and matched (RFC 3261 18.2.2, 17.1.3)."""
+    missing = request_bytes().replace(b"Call-ID: call-1@198.51.100.7\r\n", b"")
+    broken = request_bytes(length=999).replace(b"From: ", b"From: <broken")
+    for data, absent in ((missing, "Call-ID"), (broken, "From")):
+        with pytest.raises(ParseError) as info:
+            parse(data)
+        partial = info.value.partial
+        assert partial is not None
+        assert partial.top_via.branch == "z9hG4bK-1"
+        assert absent not in partial.headers
+
+
 @pytest.mark.parametrize(
     "data",
     [
-        request_bytes().replace(b"Call-ID: call-1@198.51.100.7\r\n", b""),
-        request_bytes(cseq="x INVITE"),
-        request_bytes(length=999).replace(b"From: ", b"From: <broken"),
         request_bytes(length=999).replace(b"SIP/2.0/UDP 198", b"SIP/2.0/UDP x y 198"),
+        request_bytes().replace(
+            b"Via: SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-1;rport\r\n", b""
+        ),
         b"GARBAGE\r\n\r\n",
         b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\nContent-Length: 3\r\n\r\n",
         b"x" * (MAX_MESSAGE + 1),
