@@ -500,3 +500,56 @@ async def test_tcp_flow_of_a_previous_run_never_matches_a_new_connection(
     assert (response.status, response.reason) == (480, "Temporarily Unavailable")
     assert other.backlog == []
     await other.aclose()
+
+
+# ---- forking to several devices of one subscriber ---------------------------------------------
+
+
+async def test_call_forks_to_every_device_and_cancels_the_losers(
+    gw: GatewayUnderTest, udp: UdpPeer
+) -> None:
+    phone = await UdpPeer.open(gw.udp4)
+    tablet = await UdpPeer.open(gw.udp4)
+    for device in (phone, tablet):
+        contact = f"sip:1001@{device.local[0]}:{device.local[1]}"
+        registered = await device.with_auth(register_request(device, [f"<{contact}>"]), "1001")
+        assert registered.status == 200
+    assert len(gw.running.registrar.bindings("1001")) == 2
+
+    offer = udp.invite("1002", "1001")
+    invite = udp.authorize(offer, await udp.transact(offer), "1002")
+    await udp.send(invite)
+    on_phone = await phone.expect_request("INVITE")
+    on_tablet = await tablet.expect_request("INVITE")
+    # One callee leg, forked: same Call-ID and From tag, a branch each (RFC 3261 16.6).
+    assert on_phone.call_id == on_tablet.call_id != invite.call_id
+    assert on_phone.top_via.branch != on_tablet.top_via.branch
+    await phone.reply(on_phone, 180, to_tag="phone")
+    await tablet.reply(on_tablet, 180, to_tag="tablet")
+    assert (await udp.expect_response(invite, final=False)).status == 180
+
+    await tablet.reply(
+        on_tablet,
+        200,
+        to_tag="tablet",
+        contact=f"<sip:1001@{tablet.local[0]}:{tablet.local[1]}>",
+        body=sdp_offer("127.0.0.1", 43000),
+    )
+    answer = await udp.expect_response(invite)
+    assert answer.status == 200
+    await tablet.expect_request("ACK", call_id=on_tablet.call_id)
+    cancel = await phone.expect_request("CANCEL", call_id=on_phone.call_id)
+    assert cancel.top_via.branch == on_phone.top_via.branch  # the INVITE's own branch (9.1)
+    await phone.reply(cancel, 200)
+    await phone.reply(on_phone, 487, to_tag="phone")
+    await phone.expect_request("ACK", call_id=on_phone.call_id)
+
+    await udp.send(
+        in_dialog(invite, answer, "ACK", invite.cseq.seq, transport="UDP", local=udp.local)
+    )
+    bye = in_dialog(invite, answer, "BYE", invite.cseq.seq + 1, transport="UDP", local=udp.local)
+    assert (await udp.transact(bye)).status == 200
+    tablet_bye = await tablet.expect_request("BYE", call_id=on_tablet.call_id)
+    await tablet.reply(tablet_bye, 200)
+    [cdr] = await wait_for_cdrs(gw, 1)
+    assert (cdr["disposition"], cdr["end_reason"]) == ("answered", "caller-bye")
