@@ -21,45 +21,26 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-# pytest imports this directory flat (no __init__.py); mypy sees it as the package `tests`.
-if TYPE_CHECKING:
-    from tests.integration.peers import (
-        PLAY_PCAP_STEP,
-        GatewayExited,
-        GatewayProcess,
-        RtpPeer,
-        SippResult,
-        SippRun,
-        SipTrace,
-        derive_scenario,
-        external_media,
-        free_udp_port,
-        gateway_process,
-        scenario_path,
-        sdp_media_address,
-        sipp_binary,
-    )
-else:
-    from peers import (
-        PLAY_PCAP_STEP,
-        GatewayExited,
-        GatewayProcess,
-        RtpPeer,
-        SippResult,
-        SippRun,
-        SipTrace,
-        derive_scenario,
-        external_media,
-        free_udp_port,
-        gateway_process,
-        scenario_path,
-        sdp_media_address,
-        sipp_binary,
-    )
+from tests.integration.peers import (
+    PLAY_PCAP_STEP,
+    GatewayExited,
+    GatewayProcess,
+    RtpPeer,
+    SippResult,
+    SippRun,
+    SipTrace,
+    derive_scenario,
+    external_media,
+    free_udp_port,
+    gateway_process,
+    scenario_path,
+    sdp_media_address,
+    sipp_binary,
+)
 
 pytestmark = pytest.mark.skipif(
     sipp_binary() is None, reason="sipp not on PATH (Debian package sip-tester)"

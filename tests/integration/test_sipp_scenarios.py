@@ -18,50 +18,28 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-# pytest imports this directory flat (it has no __init__.py, like conftest's `sipclient`);
-# mypy sees it as part of the package `tests`, so it is told the full name.
-if TYPE_CHECKING:
-    from tests.integration.peers import (
-        SCENARIOS,
-        SIPP_SOME_FAILED,
-        RtpPeer,
-        SippResult,
-        SippRun,
-        SipTrace,
-        derive_scenario,
-        external_media,
-        free_media_port,
-        free_udp_port,
-        gateway_process,
-        parse_message_log,
-        sdp_media_address,
-        sip_ping,
-        sipp_binary,
-        wait_for_sip,
-    )
-else:
-    from peers import (
-        SCENARIOS,
-        SIPP_SOME_FAILED,
-        RtpPeer,
-        SippResult,
-        SippRun,
-        SipTrace,
-        derive_scenario,
-        external_media,
-        free_media_port,
-        free_udp_port,
-        gateway_process,
-        parse_message_log,
-        sdp_media_address,
-        sip_ping,
-        sipp_binary,
-        wait_for_sip,
-    )
+from tests.integration.peers import (
+    SCENARIOS,
+    SIPP_SOME_FAILED,
+    RtpPeer,
+    SippResult,
+    SippRun,
+    SipTrace,
+    derive_scenario,
+    external_media,
+    free_media_port,
+    free_udp_port,
+    gateway_process,
+    parse_message_log,
+    sdp_media_address,
+    sip_ping,
+    sipp_binary,
+    wait_for_sip,
+)
 
 needs_sipp = pytest.mark.skipif(
     sipp_binary() is None, reason="sipp not on PATH (Debian package sip-tester)"
