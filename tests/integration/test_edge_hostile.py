@@ -109,6 +109,7 @@ async def test_missing_mandatory_header_gets_400_naming_it(peer: UdpPeer, header
     request = peer.request("OPTIONS")
     await peer.send_bytes(without(wire(request), header).encode())
     answer = await peer.receive_datagram(2.0)
+    assert answer is not None
     assert answer.startswith(f"SIP/2.0 400 Missing header: {header}\r\n".encode())
     assert f"branch={request.top_via.branch}".encode() in answer
     await assert_alive(peer)
