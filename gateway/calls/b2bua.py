@@ -126,6 +126,17 @@ class Branch:
     cancelled: bool = False
 
 
+@dataclass(eq=False)
+class _Resend:
+    """The caller's 2xx, sent again until its ACK comes (RFC 3261 13.3.1.4)."""
+
+    leg: Leg
+    ok: Response
+    interval: float
+    due: float
+    give_up: float
+
+
 def _ports(sdp: SessionDescription, port: int) -> list[int]:
     """Our relay port for the first live audio stream; every other stream is refused (0)."""
     ports: list[int] = []
@@ -184,8 +195,11 @@ class Call:
         caller: Subscriber,
         route: AppRoute | TrunkRoute,
         media_host: str,
+        caller_dialog: Dialog,
     ) -> None:
+        """`caller_dialog`: the early UAS dialog of the INVITE, its local Contact still empty."""
         self.host = host
+        self._caller_dialog = caller_dialog
         self.server = server
         self.invite = server.request
         self.caller = caller
@@ -294,17 +308,20 @@ class Call:
                     await self.host.record(self)
 
     async def _lifetime(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            try:
-                self.ports = await nursery.start(self.media.run)
-            except PortsExhausted:
-                self._refuse(503, "Media Ports Exhausted", "media-ports-exhausted")
-                return
-            nursery.start_soon(self._inbox_loop)
-            if await self._setup(nursery):
-                await self._talk()
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    self.ports = self.media.open(nursery)
+                except PortsExhausted:
+                    self._refuse(503, "Media Ports Exhausted", "media-ports-exhausted")
+                    return
+                nursery.start_soon(self._inbox_loop)
+                if await self._setup(nursery):
+                    await self._talk()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.media.close()  # the relay loops have ended with the nursery
 
     def _refuse(self, status: int, reason: str | None, end_reason: str) -> None:
         if not self.server.final_sent:
@@ -406,7 +423,15 @@ class Call:
         self._make_branches(offer)
         for fork in self.branches:
             self._start_branch(fork, nursery)
-        nursery.start_soon(self._watch_cancel)
+        self.server.on_cancel = self._on_caller_cancel
+        try:
+            if self.server.cancelled:  # the CANCEL came while the ports were being bound
+                self._on_caller_cancel()
+            return await self._await_answer()
+        finally:
+            self.server.on_cancel = None
+
+    async def _await_answer(self) -> bool:
         deadline = trio.current_time() + self.config.sip.no_answer_timeout
         while True:
             with trio.move_on_at(deadline):
@@ -514,10 +539,14 @@ class Call:
         self._finish_headers(bye)
         self.host.endpoint.send_request(bye, branch.destination)
 
-    async def _watch_cancel(self) -> None:
-        await self.server.cancelled.wait()
-        if self.winner is None:
-            await self._events_send.send((None, None))
+    def _on_caller_cancel(self) -> None:
+        """The caller's CANCEL (RFC 3261 9.2), queued behind the responses already in."""
+        if self.winner is not None:
+            return
+        try:
+            self._events_send.send_nowait((None, None))
+        except trio.WouldBlock:
+            self._nursery_spawn(self._events_send.send, (None, None))  # wait for room
 
     def _on_provisional(self, branch: Branch, response: Response) -> None:
         branch.provisional = True
@@ -614,7 +643,8 @@ class Call:
         ok.body = self.a.sdp_for(answer, self.ports["a"], self.media_host)
         ok.headers.set("Content-Type", "application/sdp")
         contact = ok.headers.get("Contact") or ""
-        self.a.dialog = Dialog.as_uas(self.invite, self.a.local_tag, contact.strip("<>"))
+        self._caller_dialog.local_contact = contact.strip("<>")
+        self.a.dialog = self._caller_dialog
         self.b.timer = self._new_timer()
         _apply_session_expires(self.b.timer, response)
         self.b.timer.refreshed(now)
@@ -637,42 +667,56 @@ class Call:
         return True
 
     def _retransmit_until_ack(self, leg: Leg, ok: Response) -> None:
-        self._nursery_spawn(self._resend_2xx, leg, ok)
+        # Driven by _talk's wake-ups, not a task of its own: one task less per call.
+        t1 = self.config.sip.t1
+        now = trio.current_time()
+        self._resend = _Resend(leg, ok, t1, now + t1, now + 64 * t1)
+
+    def _resend_deadline(self) -> float:
+        resend = self._resend
+        if resend is None or resend.leg.acked.is_set():
+            return math.inf
+        return resend.due
+
+    def _resend_if_due(self, now: float) -> None:
+        """RFC 3261 13.3.1.4: T1, doubling up to T2, for 64*T1; then the call is ended."""
+        resend = self._resend
+        if resend is None or now < resend.due:
+            return
+        if resend.leg.acked.is_set():
+            self._resend = None
+            return
+        if now >= resend.give_up:
+            self._resend = None
+            self.end("no-ack", 408)
+            return
+        self.host.endpoint.resend_response(self.server, resend.ok)
+        resend.interval = min(resend.interval * 2, self.config.sip.t2)
+        resend.due = now + resend.interval
 
     def _nursery_spawn(self, fn: Callable[..., object], *args: object) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(fn, *args)  # type: ignore[arg-type]
 
-    async def _resend_2xx(self, leg: Leg, ok: Response) -> None:
-        """RFC 3261 13.3.1.4: T1, doubling up to T2, for 64*T1; then the call is ended."""
-        t1, t2 = self.config.sip.t1, self.config.sip.t2
-        interval, give_up = t1, trio.current_time() + 64 * t1
-        while not leg.acked.is_set():
-            with trio.move_on_after(interval):
-                await leg.acked.wait()
-            if leg.acked.is_set():
-                return
-            if trio.current_time() >= give_up:
-                self.end("no-ack", 408)
-                return
-            self.host.endpoint.resend_response(self.server, ok)
-            interval = min(interval * 2, t2)
-
     # ---- talking -----------------------------------------------------------------------
 
     _nursery: trio.Nursery | None = None
+    _resend: _Resend | None = None
 
     async def _talk(self) -> None:
         timeout = self.config.media.timeout
         while not self.ended.is_set():
             now = trio.current_time()
             media_deadline = math.inf if self._hold else self.media.last_activity + timeout
-            deadline = min(media_deadline, self._timer_deadline())
+            deadline = min(media_deadline, self._timer_deadline(), self._resend_deadline())
             with trio.move_on_at(deadline):
                 await self.ended.wait()
             if self.ended.is_set():
                 return
             now = trio.current_time()
+            self._resend_if_due(now)
+            if self.ended.is_set():
+                return
             if not self._hold and now >= self.media.last_activity + timeout:
                 self.end("media-timeout")
                 return

@@ -245,7 +245,7 @@ class CallCore:
         # The caller's dialog is built only once the callee answers: an INVITE whose
         # Contact or Record-Route cannot carry one is refused now, before anyone rings.
         try:
-            Dialog.as_uas(request, server.local_tag, "")
+            dialog = Dialog.as_uas(request, server.local_tag, "")  # its Contact comes with the 2xx
         except DialogError as exc:
             server.refuse(exc.status or 400, str(exc))
             return
@@ -268,7 +268,7 @@ class CallCore:
             server.refuse(route.status, route.reason)
             return
         media_host = self.config.media.advertised_host or self.config.media.host
-        call = Call(self, server, caller, route, media_host)
+        call = Call(self, server, caller, route, media_host, dialog)
         self.calls[call.id] = call
         self.stats.calls_started += 1
         assert self._nursery is not None

@@ -8,10 +8,12 @@ else the address its SDP announced (RFC 4566 c=/m=, RFC 3605 a=rtcp).
 Which sources are accepted is decided by :mod:`gateway.media.latching`, the
 sans-IO part; this module only moves bytes.
 
-Structured concurrency (DESIGN rule 2): the call starts ``run`` with
+Structured concurrency (DESIGN rule 2): ``run`` is started with
 ``nursery.start``, which returns once all four ports are bound, so the SDP
-that names them is sent only after they exist; cancelling the call's scope
-stops the loops, closes the sockets and hands the ports back.
+that names them is sent only after they exist; cancelling the scope stops
+the loops, closes the sockets and hands the ports back. A caller with a
+nursery of its own (the call) uses ``open`` and ``close`` instead, which
+binds at once and saves a task and a nursery per call.
 
 The media timeout is not enforced here: the call reads :attr:`last_activity`
 and ends itself when the peer has been silent too long.
@@ -349,8 +351,28 @@ class MediaSession:
         self, *, task_status: trio.TaskStatus[LocalPorts] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Bind both legs' ports, report them, then relay until cancelled."""
+        ports = self._bind()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._start_pumps(nursery)
+                task_status.started(ports)
+        finally:
+            self.close()
+
+    def open(self, nursery: trio.Nursery) -> LocalPorts:
+        """Bind both legs' ports and start relaying in ``nursery``; the ports, bound.
+
+        For a caller that already has a nursery (the call's own): no task or
+        nursery of the session's own. Call :meth:`close` once ``nursery`` has
+        exited, so the sockets close only after their loops have ended.
+        """
+        ports = self._bind()
+        self._start_pumps(nursery)
+        return ports
+
+    def _bind(self) -> LocalPorts:
         if self._run_called:
-            raise RuntimeError("MediaSession.run() may be called only once")
+            raise RuntimeError("a MediaSession may be started only once (run() or open())")
         self._run_called = True
         a = self._allocator.allocate()
         try:
@@ -359,25 +381,26 @@ class MediaSession:
             a.close()
             raise
         self._pairs = {"a": a, "b": b}
-        try:
-            self._started_at = self._clock()
-            state = self.state
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, a.rtp_socket, b.rtp_socket, state.a_rtp, state.b_rtp)
-                nursery.start_soon(self._pump, b.rtp_socket, a.rtp_socket, state.b_rtp, state.a_rtp)
-                nursery.start_soon(
-                    self._pump, a.rtcp_socket, b.rtcp_socket, state.a_rtcp, state.b_rtcp
-                )
-                nursery.start_soon(
-                    self._pump, b.rtcp_socket, a.rtcp_socket, state.b_rtcp, state.a_rtcp
-                )
-                task_status.started(self.local_ports)
-        finally:
-            for pair in (a, b):
-                # Trio must forget the fds before they are closed and reused.
-                trio.lowlevel.notify_closing(pair.rtp_socket)
-                trio.lowlevel.notify_closing(pair.rtcp_socket)
-                pair.close()
+        self._started_at = self._clock()
+        return self.local_ports
+
+    def _start_pumps(self, nursery: trio.Nursery) -> None:
+        a, b = self._pairs["a"], self._pairs["b"]
+        state = self.state
+        nursery.start_soon(self._pump, a.rtp_socket, b.rtp_socket, state.a_rtp, state.b_rtp)
+        nursery.start_soon(self._pump, b.rtp_socket, a.rtp_socket, state.b_rtp, state.a_rtp)
+        nursery.start_soon(self._pump, a.rtcp_socket, b.rtcp_socket, state.a_rtcp, state.b_rtcp)
+        nursery.start_soon(self._pump, b.rtcp_socket, a.rtcp_socket, state.b_rtcp, state.a_rtcp)
+
+    def close(self) -> None:
+        """Close the sockets and hand the ports back (idempotent; nothing to do unopened)."""
+        for pair in self._pairs.values():
+            if pair.closed:
+                continue
+            # Trio must forget the fds before they are closed and reused.
+            trio.lowlevel.notify_closing(pair.rtp_socket)
+            trio.lowlevel.notify_closing(pair.rtcp_socket)
+            pair.close()
 
     async def _pump(
         self, rx: socket.socket, tx: socket.socket, src_ep: Endpoint, dst_ep: Endpoint

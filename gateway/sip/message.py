@@ -287,6 +287,30 @@ class _Message:
         raw = self._required("Via")
         return self._cached("top_via", raw, lambda: _first_via(raw))
 
+    def replace_top_via(self, via: Via) -> None:
+        """Write `via` over the top Via (e.g. stamped with received/rport, RFC 3261 18.2.1).
+
+        The Via headers move after the others, their order kept; `via` stays the
+        parsed top Via, so it is not parsed again from the text just written.
+        """
+        values = self.headers.get_all("Via")
+        if not values:
+            raise HeaderError("Missing header: Via")
+        first = split_header_list(values[0])
+        first[0] = str(via)
+        joined = ", ".join(first)
+        self.headers.remove("Via")
+        self.headers.add("Via", joined)
+        for other in values[1:]:
+            self.headers.add("Via", other)
+        self._cache["top_via"] = (joined, via)
+
+    def prepend_via(self, via: Via) -> None:
+        """Add `via` as the new top Via (a request we send, RFC 3261 8.1.1.7), kept parsed."""
+        raw = str(via)
+        self.headers.prepend("Via", raw)
+        self._cache["top_via"] = (raw, via)
+
     @property
     def from_(self) -> NameAddr:
         raw = self._required("From")

@@ -690,16 +690,22 @@ class TransactionLayer:
         its ACK); every other stray response is dropped, as is one that cannot be
         matched because its Via or CSeq is unusable.
         """
+        return self.match_response(response, now)[1]
+
+    def match_response(
+        self, response: Response, now: float
+    ) -> tuple[ClientTransaction | None, list[Output]]:
+        """`receive_response`, also naming the transaction matched (None when none did)."""
         try:
             key = client_key(response)
         except TransactionError:
-            return []
+            return None, []
         txn = self._clients.get(key)
         if txn is not None:
-            return txn.receive(response, now)
+            return txn, txn.receive(response, now)
         if key.method == "INVITE" and 200 <= response.status < 300:
-            return [Deliver(response)]
-        return []
+            return None, [Deliver(response)]
+        return None, []
 
     def find_invite_for_cancel(self, cancel: Request) -> ServerTransaction | None:
         """The INVITE server transaction a CANCEL refers to (RFC 3261 9.2)."""

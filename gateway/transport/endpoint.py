@@ -16,13 +16,13 @@ import hmac
 import math
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 import trio
 
-from gateway.sip.headers import split_header_list
+from gateway.sip.headers import Via
 from gateway.sip.message import (
     ParseError,
     Request,
@@ -70,7 +70,9 @@ class ServerHandle:
     request: Request
     flow: Flow
     final_sent: bool = False
-    cancelled: trio.Event = field(default_factory=trio.Event)
+    cancelled: bool = False  # a CANCEL matched this INVITE before its final response
+    # Called once when that CANCEL arrives: the call reacts at once, with no task waiting.
+    on_cancel: Callable[[], None] | None = None
     local_tag: str = ""
 
     def respond(self, response: Response) -> None:
@@ -268,8 +270,7 @@ class SipEndpoint:
 
     def _stamp_via(self, request: Request, flow: Flow) -> None:
         """RFC 3261 18.2.1 `received`, RFC 3581 4 `rport`: where the request really came from."""
-        values = request.headers.get_all("Via")
-        if not values:
+        if "Via" not in request.headers:
             return
         top = request.top_via
         host, port = flow.remote
@@ -281,14 +282,8 @@ class SipEndpoint:
             top.params["rport"] = str(port)
             top.params.setdefault("received", host)
             changed = True
-        if not changed:
-            return
-        first = split_header_list(values[0])
-        first[0] = str(top)
-        request.headers.remove("Via")
-        request.headers.add("Via", ", ".join(first))
-        for other in values[1:]:
-            request.headers.add("Via", other)
+        if changed:
+            request.replace_top_via(top)
 
     def _on_request(self, request: Request, flow: Flow) -> None:
         self._stamp_via(request, flow)
@@ -330,12 +325,14 @@ class SipEndpoint:
             cancel.reply(481)
             return
         cancel.reply(200)
-        if not invite.final_sent:
-            invite.cancelled.set()
+        if not invite.final_sent and not invite.cancelled:
+            invite.cancelled = True
+            if invite.on_cancel is not None:
+                invite.on_cancel()
 
     def _on_response(self, response: Response, flow: Flow) -> None:
-        txn = self.layer.find_client(response)
-        for output in self.layer.receive_response(response, self.clock()):
+        txn, outputs = self.layer.match_response(response, self.clock())
+        for output in outputs:
             if txn is None and isinstance(output, Deliver):
                 # A 2xx retransmission after the INVITE transaction ended: the dialog ACKs it.
                 if isinstance(output.message, Response):
@@ -346,11 +343,10 @@ class SipEndpoint:
 
     # ---- outgoing ----------------------------------------------------------------------
 
-    def new_via(self, destination: Destination) -> str:
+    def new_via(self, destination: Destination) -> Via:
         local = self.local_address(destination.transport, destination.address[0])
-        return (
-            f"SIP/2.0/{destination.transport.upper()} {hostport(local)};branch={new_branch()};rport"
-        )
+        params: dict[str, str | None] = {"branch": new_branch(), "rport": None}
+        return Via(destination.transport.upper(), local[0], local[1], params)
 
     def send_request(
         self, request: Request, destination: Destination, *, keep_via: bool = False
@@ -360,7 +356,7 @@ class SipEndpoint:
         `keep_via` is for CANCEL, which must carry its INVITE's Via (RFC 3261 9.1).
         """
         if not keep_via:
-            request.headers.prepend("Via", self.new_via(destination))
+            request.prepend_via(self.new_via(destination))
         send, recv = trio.open_memory_channel[ClientEvent](32)
         handle = ClientHandle(request, destination, send, recv)
         flow = destination.flow
@@ -383,7 +379,7 @@ class SipEndpoint:
     def send_ack(self, ack: Request, destination: Destination) -> None:
         """ACK to a 2xx: sent outside any transaction, a new branch each time (17.1.1.3)."""
         if "Via" not in ack.headers:
-            ack.headers.prepend("Via", self.new_via(destination))
+            ack.prepend_via(self.new_via(destination))
         self._send_to(ack.to_bytes(), destination)
 
     def resend_response(self, server: ServerHandle, response: Response) -> None:
