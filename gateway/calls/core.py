@@ -92,7 +92,6 @@ class CallCore:
         self.stats = CoreStats()
         self.draining = False
         self._nursery: trio.Nursery | None = None
-        self.on_cdr: Callable[[Call], None] | None = None
 
     def set_subscribers(self, subscribers: list[Subscriber]) -> None:
         self.subscribers = {s.username: s for s in subscribers}

@@ -1,1 +1,1 @@
-"""control package."""
+"""The control socket and the edgegw command line that talks to it."""

@@ -1,1 +1,1 @@
-"""media package."""
+"""Media plane: RTP packets, latching decisions, the Trio relay, native codecs."""

@@ -1,1 +1,1 @@
-"""sip package."""
+"""Sans-IO SIP: messages, URIs, digest auth, transactions, dialogs, session timers, SDP."""

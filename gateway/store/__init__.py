@@ -1,1 +1,1 @@
-"""store package."""
+"""Durable state behind one interface (SQLite by default): subscribers, bindings, CDRs."""

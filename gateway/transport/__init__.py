@@ -1,1 +1,1 @@
-"""transport package."""
+"""Trio edge of SIP: UDP/TCP sockets, flows, and the transaction layer's timer queue."""
