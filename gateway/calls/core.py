@@ -9,7 +9,6 @@ in the core's nursery, each in a nursery of its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
