@@ -2,4 +2,10 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["native/build_g711.py:ffibuilder"])
+setup(
+    cffi_modules=[
+        "native/build_g711.py:ffibuilder",
+        "native/build_opus.py:ffibuilder",
+        "native/build_resample.py:ffibuilder",
+    ]
+)
