@@ -79,10 +79,14 @@ class ServerHandle:
         """Send `response`; every response but 100 carries a To tag (RFC 3261 8.2.6.2)."""
         if response.status >= 200:
             self.final_sent = True
-        if response.status > 100 and response.to.tag is None:
+        if response.status > 100:
+            self._tag(response)
+        self.endpoint._send_response(self, response)
+
+    def _tag(self, response: Response) -> None:
+        if response.to.tag is None:
             to = response.headers.get("To") or ""
             response.headers.set("To", f"{to};tag={self.local_tag}")
-        self.endpoint._send_response(self, response)
 
     def reply(self, status: int, reason: str | None = None, *, to_tag: str | None = None) -> None:
         self.respond(make_response(self.request, status, reason, to_tag=to_tag))
@@ -100,9 +104,7 @@ class ServerHandle:
             self.respond(response)
             return
         self.final_sent = True
-        if response.to.tag is None:
-            to = response.headers.get("To") or ""
-            response.headers.set("To", f"{to};tag={self.local_tag}")
+        self._tag(response)
         self.endpoint._send_statelessly(self, response)
 
 
