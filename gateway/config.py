@@ -54,6 +54,12 @@ LogFormat = Literal["console", "json"]
 DigestAlgorithm = Literal["MD5", "SHA-256"]
 
 KNOWN_CODECS = ("PCMA", "PCMU", "G722", "G729", "opus")
+SRTP_SUITES = (
+    "AES_CM_128_HMAC_SHA1_80",
+    "AES_CM_128_HMAC_SHA1_32",
+    "AEAD_AES_128_GCM",
+    "AEAD_AES_256_GCM",
+)
 
 
 class ConfigError(ValueError):
@@ -94,6 +100,7 @@ def _default_listen() -> list[ListenConfig]:
     return [
         ListenConfig(transport="udp", host="127.0.0.1", port=5060),
         ListenConfig(transport="tcp", host="127.0.0.1", port=5060),
+        ListenConfig(transport="tls", host="127.0.0.1", port=5061),
     ]
 
 
@@ -111,12 +118,22 @@ class SipConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     min_se: int = 90
     no_answer_timeout: float = 120.0
     max_message_size: int = 65535
-    # MD5 first: sipp 3.6 and many deployed phones answer only the first challenge
-    # and give up when it is SHA-256 (RFC 7616 3.7 lets the server order them).
-    auth_algorithms: list[DigestAlgorithm] = msgspec.field(
-        default_factory=lambda: ["MD5", "SHA-256"]
-    )
+    # MD5 only by default: sipp 3.6 answers only the first challenge, and baresip 1.0
+    # gives up on a 401 that also offers SHA-256 ("Function not implemented"). Boxes
+    # whose clients do RFC 7616 list "SHA-256" too, in the order to offer them (3.7).
+    auth_algorithms: list[DigestAlgorithm] = msgspec.field(default_factory=lambda: ["MD5"])
     nonce_ttl: float = 300.0
+    # SIP over TLS (RFC 3261 26.2). Certificate (chain) and unencrypted key, PEM; both empty:
+    # a self-signed EC P-256 pair made under <var_dir>/tls/ on first run and reused after.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # A client that has not finished its TLS handshake by then is disconnected.
+    tls_handshake_timeout: float = 10.0
+    # Connections the gateway opens (to `transport = "tls"` trunks) check the server's
+    # certificate and name against the system CA store plus `tls_ca_file` (PEM); off only
+    # for a trusted link: without it SDES keys in SDP are open to a man in the middle.
+    tls_verify_server: bool = True
+    tls_ca_file: str = ""
 
 
 class MediaConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -126,6 +143,36 @@ class MediaConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     port_max: int = 29999
     timeout: float = 60.0
     latch_window: float = 5.0
+    # Codec preference toward app clients (trunks have their own `codecs`).
+    app_codecs: list[str] = msgspec.field(default_factory=lambda: ["opus", "G722", "PCMA", "PCMU"])
+    # SRTP suites offered and accepted, in order of preference (RFC 4568, RFC 7714).
+    srtp_suites: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "AES_CM_128_HMAC_SHA1_80",
+            "AEAD_AES_128_GCM",
+            "AEAD_AES_256_GCM",
+            "AES_CM_128_HMAC_SHA1_32",
+        ]
+    )
+    # Networks whose plain UDP/TCP signalling may carry SDES keys (default: none; TLS and
+    # a loopback-only SIP listener always may).
+    sdes_trusted_networks: list[str] = []
+    rtcp_mux: bool = True
+    ptime: int = 20
+    # Opus encoder toward app legs when transcoding (RFC 7587; libopus CTLs). In-band FEC
+    # is sent only to peers whose fmtp says useinbandfec=1, DTX only to ones saying
+    # usedtx=1, and the bitrate is capped by their maxaveragebitrate. DTX is off by
+    # default: silence then stays continuous audio on the G.711 side.
+    opus_bitrate: int = 32000
+    opus_complexity: int = 5
+    opus_fec: bool = True
+    # Expected loss on app legs (percent): how much libopus spends on FEC.
+    opus_packet_loss: int = 5
+    opus_dtx: bool = False
+    # Adaptive jitter buffer of a transcoded leg, in seconds: start, floor and ceiling.
+    jitter_initial: float = 0.04
+    jitter_min: float = 0.02
+    jitter_max: float = 0.2
 
     @property
     def advertised(self) -> str:
@@ -193,6 +240,8 @@ class TrunkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     billing_increment: tuple[int, int] = (60, 60)
     options_ping: bool = False
     default: bool = False
+    srtp: SrtpPolicy = "off"
+    ptime: int = 20
 
 
 class PartnerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -439,6 +488,31 @@ def _sip_problems(sip: SipConfig) -> Iterator[Problem]:
         yield "sip.nonce_ttl", f"must be positive, got {sip.nonce_ttl}"
     if not 1024 <= sip.max_message_size <= 65535:
         yield "sip.max_message_size", f"must be from 1024 to 65535, got {sip.max_message_size}"
+    yield from _tls_problems(sip)
+
+
+def _tls_problems(sip: SipConfig) -> Iterator[Problem]:
+    yield from _seconds_problem("sip.tls_handshake_timeout", sip.tls_handshake_timeout)
+    if sip.tls_cert and not sip.tls_key:
+        yield "sip.tls_key", "must be set when sip.tls_cert is set"
+    elif sip.tls_key and not sip.tls_cert:
+        yield "sip.tls_cert", "must be set when sip.tls_key is set"
+    if not (sip.tls_cert and sip.tls_key) and not sip.tls_ca_file:
+        return
+    # Imported here: cryptography and structlog would add a tenth of a second to every
+    # `edgegw status`, which reads no certificate.
+    from gateway.transport.certificates import CertificateError, check_ca_file, load_pair
+
+    if sip.tls_cert and sip.tls_key:
+        try:
+            load_pair(sip.tls_cert, sip.tls_key)
+        except CertificateError as exc:
+            yield f"sip.tls_{exc.which}", str(exc)
+    if sip.tls_ca_file:
+        try:
+            check_ca_file(sip.tls_ca_file)
+        except CertificateError as exc:
+            yield "sip.tls_ca_file", str(exc)
 
 
 def _expires_problems(sip: SipConfig) -> Iterator[Problem]:
@@ -481,6 +555,50 @@ def _media_problems(media: MediaConfig) -> Iterator[Problem]:
         yield "media.port_max", f"must be greater than media.port_min ({media.port_min})"
     yield from _seconds_problem("media.timeout", media.timeout)
     yield from _seconds_problem("media.latch_window", media.latch_window)
+    yield from _codec_problems("media.app_codecs", media.app_codecs)
+    yield from _ptime_problem("media.ptime", media.ptime)
+    for i, suite in enumerate(media.srtp_suites):
+        if suite not in SRTP_SUITES:
+            yield f"media.srtp_suites[{i}]", f"must be one of {', '.join(SRTP_SUITES)}"
+    if not media.srtp_suites:
+        yield "media.srtp_suites", "must name at least one suite"
+    for i, network in enumerate(media.sdes_trusted_networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            yield (
+                f"media.sdes_trusted_networks[{i}]",
+                f"must be a network like 10.0.0.0/8, got {network!r}",
+            )
+    yield from _transcoding_problems(media)
+
+
+def _transcoding_problems(media: MediaConfig) -> Iterator[Problem]:
+    # Ranges libopus accepts (opus_defines.h): bitrate 500..512000 b/s, complexity 0..10.
+    if not 6000 <= media.opus_bitrate <= 510000:
+        yield "media.opus_bitrate", f"must be from 6000 to 510000 (b/s), got {media.opus_bitrate}"
+    if not 0 <= media.opus_complexity <= 10:
+        yield "media.opus_complexity", f"must be from 0 to 10, got {media.opus_complexity}"
+    if not 0 <= media.opus_packet_loss <= 100:
+        yield "media.opus_packet_loss", f"must be from 0 to 100 (%), got {media.opus_packet_loss}"
+    for name in ("jitter_initial", "jitter_min", "jitter_max"):
+        yield from _seconds_problem(f"media.{name}", getattr(media, name))
+    if media.jitter_max > 2.0:
+        yield "media.jitter_max", f"must be at most 2.0 seconds, got {media.jitter_max}"
+    if not media.jitter_min <= media.jitter_initial <= media.jitter_max:
+        yield (
+            "media.jitter_initial",
+            f"must lie from media.jitter_min ({media.jitter_min}) to media.jitter_max "
+            f"({media.jitter_max}), got {media.jitter_initial}",
+        )
+
+
+_PTIMES = (10, 20, 30, 40, 60)
+
+
+def _ptime_problem(key: str, ptime: int) -> Iterator[Problem]:
+    if ptime not in _PTIMES:
+        yield key, f"must be one of {', '.join(map(str, _PTIMES))} (ms), got {ptime}"
 
 
 def _limits_problems(limits: LimitsConfig) -> Iterator[Problem]:
@@ -572,6 +690,7 @@ def _trunk_problems(trunks: list[TrunkConfig]) -> Iterator[Problem]:
             yield f"{key}.host", f"must be an IP address or a host name, got {trunk.host!r}"
         yield from _port_problem(f"{key}.port", trunk.port)
         yield from _codec_problems(f"{key}.codecs", trunk.codecs)
+        yield from _ptime_problem(f"{key}.ptime", trunk.ptime)
         yield from _prefix_problems(f"{key}.prefixes", trunk.prefixes)
         yield from _decimal_problem(f"{key}.tariff_per_minute", trunk.tariff_per_minute)
         if min(trunk.billing_increment) < 1:

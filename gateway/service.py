@@ -30,7 +30,9 @@ from gateway.media.relay import PortAllocator
 from gateway.sip.auth import DigestServer
 from gateway.sip.transaction import Timers
 from gateway.store.sqlite import SqliteStore
+from gateway.transport.certificates import ensure_self_signed, load_pair
 from gateway.transport.endpoint import SipEndpoint
+from gateway.transport.tls import TlsContexts, client_context, server_context
 
 log = structlog.get_logger("edgegw")
 
@@ -59,6 +61,21 @@ def nonce_secret(directory: Path) -> bytes:
     return secret
 
 
+def tls_contexts(config: Config, directory: Path, tls_hosts: list[str]) -> TlsContexts:
+    """The configured certificate, else the self-signed one under `directory`/tls/ (made
+    on first run); no server side when nothing listens for TLS."""
+    sip = config.sip
+    server = None
+    if tls_hosts:
+        if sip.tls_cert:
+            pair = load_pair(sip.tls_cert, sip.tls_key)  # checked at load; it may be gone since
+        else:
+            pair = ensure_self_signed(directory / "tls", tls_hosts)
+        server = server_context(pair)
+    client = client_context(verify=sip.tls_verify_server, ca_file=sip.tls_ca_file)
+    return TlsContexts(server, client, sip.tls_handshake_timeout)
+
+
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -80,12 +97,15 @@ class Gateway:
         )
         self.core = CallCore(config, self.store, self.registrar, digest, self.allocator)
         listen = config.sip.listen
+        tls = [(entry.host, entry.port) for entry in listen if entry.transport == "tls"]
         self.endpoint = SipEndpoint(
             udp=[(entry.host, entry.port) for entry in listen if entry.transport == "udp"],
             tcp=[(entry.host, entry.port) for entry in listen if entry.transport == "tcp"],
             timers=Timers(t1=sip.t1, t2=sip.t2, t4=sip.t4),
             tcp_idle_timeout=sip.tcp_idle_timeout,
             handler=self.core,
+            tls=tls,
+            tls_contexts=tls_contexts(config, directory, [host for host, _port in tls]),
         )
         self.core.endpoint = self.endpoint
         self.control = ControlServer(

@@ -1,1 +1,1 @@
-"""Trio edge of SIP: UDP/TCP sockets, flows, and the transaction layer's timer queue."""
+"""Trio edge of SIP: UDP/TCP/TLS sockets, flows, and the transaction layer's timer queue."""

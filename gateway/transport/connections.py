@@ -1,13 +1,15 @@
-"""Trio sockets for SIP: UDP listeners and TCP connections (RFC 3261 18, RFC 5626 3.5.1).
+"""Trio sockets for SIP: UDP listeners and stream connections (RFC 3261 18, RFC 5626 3.5.1).
 
 Sending is synchronous from the caller's point of view: UDP datagrams go out
 with a non-blocking `sendto`, TCP messages are queued on the connection and a
 writer task drains the queue. That keeps the sans-IO output processing free of
-awaits, and a slow TCP peer cannot stall anyone but itself.
+awaits, and a slow TCP peer cannot stall anyone but itself. A connection that breaks
+(a reset, a failed TLS record) ends alone; its neighbours never see it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import secrets
 import socket
@@ -27,6 +29,9 @@ Receiver = Callable[[bytes, Flow], None]
 FramingError = Callable[[ParseError, Flow], None]
 
 _SEND_QUEUE = 256
+_CLOSE_GRACE = 1.0
+# What a stream raises when the peer or the network broke it; ends that connection only.
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _UDP_BURST = 16
 _conn_ids = itertools.count(1)
 # Flow ids are stored with TCP bindings. They must never name a connection of a later
@@ -84,18 +89,19 @@ class UdpListener:
 @dataclass(eq=False)
 class TcpConnection:
     conn_id: str
+    transport: str  # "tcp" or "tls": what its Flow and our Via say
     local: Address
     remote: Address
-    stream: trio.SocketStream | None
     send_channel: trio.MemorySendChannel[bytes]
     receive_channel: trio.MemoryReceiveChannel[bytes]
+    stream: trio.abc.Stream | None = None  # set once connected (and, for TLS, handshaken)
     last_activity: float = 0.0
     closed: bool = False
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
     def flow(self) -> Flow:
-        return Flow("tcp", self.local, self.remote, self.conn_id)
+        return Flow(self.transport, self.local, self.remote, self.conn_id)
 
     def send(self, data: bytes) -> bool:
         if self.closed:
@@ -105,14 +111,24 @@ class TcpConnection:
         except trio.WouldBlock:
             # A peer that does not read what it asked for is cut off rather than
             # allowed to make the gateway buffer without bound.
-            log.warning("tcp peer not reading, closing", remote=self.remote)
+            log.warning("peer not reading, closing", transport=self.transport, remote=self.remote)
             self.cancel.cancel()
             return False
         return True
 
 
+class SetupFailed(Exception):
+    """A connection that never carried SIP (connect or handshake failed); already logged."""
+
+
 class TcpTransport:
-    """TCP listeners plus the table of live connections, in and out (connection reuse)."""
+    """Stream listeners plus the table of live connections, in and out (connection reuse).
+
+    Plain TCP as it stands; `gateway.transport.tls.TlsTransport` reuses all of it and only
+    puts TLS between the socket and the framing (`_secure`).
+    """
+
+    name = "tcp"
 
     def __init__(self, idle_timeout: float, max_message: int = 65535) -> None:
         self.idle_timeout = idle_timeout
@@ -123,6 +139,7 @@ class TcpTransport:
         self._receive: Receiver | None = None
         self._framing_error: FramingError | None = None
         self.listen_addresses: list[Address] = []
+        self.broken = 0  # connections that ended in a reset or another stream error
 
     async def serve(
         self,
@@ -132,16 +149,27 @@ class TcpTransport:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Listen on `listeners` (possibly none) and run every connection, in and out."""
         self._receive = receive
         self._framing_error = framing_error
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for host, port in listeners:
-                socks = await trio.open_tcp_listeners(port, host=host)
+                socks = await self._listen(host, port)
                 for lst in socks:
                     self.listen_addresses.append(lst.socket.getsockname()[:2])
                     nursery.start_soon(self._accept_loop, lst)
             task_status.started()
+            await trio.sleep_forever()  # outgoing connections need the nursery too
+
+    async def _listen(self, host: str, port: int) -> list[trio.SocketListener]:
+        try:
+            return await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            # The bare errno text does not say which of several listeners failed.
+            raise OSError(
+                exc.errno, f"cannot bind {self.name.upper()} {host}:{port}: {exc.strerror}"
+            ) from exc
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
         async with listener:
@@ -151,19 +179,23 @@ class TcpTransport:
 
     def _new_connection(self, local: Address, remote: Address) -> TcpConnection:
         send, recv = trio.open_memory_channel[bytes](_SEND_QUEUE)
-        conn = TcpConnection(f"tcp-{_boot}-{next(_conn_ids)}", local, remote, None, send, recv)
+        conn_id = f"{self.name}-{_boot}-{next(_conn_ids)}"
+        conn = TcpConnection(conn_id, self.name, local, remote, send, recv)
         conn.last_activity = trio.current_time()
         self.by_id[conn.conn_id] = conn
         self.by_remote[remote] = conn
         return conn
 
     def _adopt(self, stream: trio.SocketStream) -> None:
-        local = stream.socket.getsockname()[:2]
-        remote = stream.socket.getpeername()[:2]
+        try:
+            local = stream.socket.getsockname()[:2]
+            remote = stream.socket.getpeername()[:2]
+        except OSError:  # reset between accept() and now: nothing to serve
+            stream.socket.close()
+            return
         conn = self._new_connection(local, remote)
-        conn.stream = stream
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_connection, conn)
+        self._nursery.start_soon(self._run_connection, conn, stream)
 
     def send(self, data: bytes, remote: Address, conn_id: str | None) -> bool:
         """Send over the flow named, else a live connection to `remote`, else a new one."""
@@ -175,40 +207,79 @@ class TcpTransport:
                 return False  # RFC 5626: the flow is gone; the caller reports 430/408
             conn = self._new_connection(("", 0), remote)
             assert self._nursery is not None
-            self._nursery.start_soon(self._run_connection, conn)
+            self._nursery.start_soon(self._run_connection, conn, None)
         return conn.send(data)
 
-    async def _run_connection(self, conn: TcpConnection) -> None:
+    async def _secure(
+        self, conn: TcpConnection, raw: trio.SocketStream, *, inbound: bool
+    ) -> trio.abc.Stream:
+        """What the framing reads and writes: the socket itself for plain TCP."""
+        return raw
+
+    async def _run_connection(self, conn: TcpConnection, raw: trio.SocketStream | None) -> None:
+        stream: trio.abc.Stream | None = None
         try:
             with conn.cancel:
-                if conn.stream is None:
-                    conn.stream = await trio.open_tcp_stream(*conn.remote)
-                    conn.local = conn.stream.socket.getsockname()[:2]
-                async with conn.stream, trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, conn)
-                    await self._reader(conn)
+                inbound = raw is not None
+                if raw is None:
+                    raw = await self._connect(conn)
+                stream = await self._secure(conn, raw, inbound=inbound)
+                conn.stream = stream
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, conn, stream)
+                    await self._reader(conn, stream)
                     nursery.cancel_scope.cancel()
-        except OSError as exc:
-            log.info("tcp connection failed", remote=conn.remote, error=str(exc))
+        except SetupFailed:
+            stream = raw = None  # nothing was connected, or _secure closed it
         finally:
             conn.closed = True
             self.by_id.pop(conn.conn_id, None)
             if self.by_remote.get(conn.remote) is conn:
                 del self.by_remote[conn.remote]
+            await self._close(conn, stream or raw)
 
-    async def _writer(self, conn: TcpConnection) -> None:
-        assert conn.stream is not None
-        async for data in conn.receive_channel:
-            await conn.stream.send_all(data)
-            conn.last_activity = trio.current_time()
+    async def _connect(self, conn: TcpConnection) -> trio.SocketStream:
+        try:
+            raw = await trio.open_tcp_stream(*conn.remote)
+        except OSError as exc:
+            log.info("connect failed", transport=self.name, remote=conn.remote, error=str(exc))
+            raise SetupFailed from exc
+        conn.local = raw.socket.getsockname()[:2]
+        return raw
 
-    async def _reader(self, conn: TcpConnection) -> None:
-        assert conn.stream is not None and self._receive is not None
+    async def _close(self, conn: TcpConnection, stream: trio.abc.AsyncResource | None) -> None:
+        if stream is None:
+            return
+        if conn.cancel.cancel_called:
+            await trio.aclose_forcefully(stream)  # the peer stopped reading: say no goodbye
+            return
+        # TLS says goodbye (close_notify); a peer that never reads gets a second at most.
+        with trio.move_on_after(_CLOSE_GRACE):
+            with contextlib.suppress(*_STREAM_ERRORS):
+                await stream.aclose()
+        await trio.aclose_forcefully(stream)  # a no-op once closed
+
+    async def _writer(self, conn: TcpConnection, stream: trio.abc.Stream) -> None:
+        try:
+            async for data in conn.receive_channel:
+                await stream.send_all(data)
+                conn.last_activity = trio.current_time()
+        except _STREAM_ERRORS as exc:
+            self._broken(conn, exc)
+            conn.cancel.cancel()
+
+    async def _reader(self, conn: TcpConnection, stream: trio.abc.Stream) -> None:
         framer = StreamFramer()
         while True:
             deadline = conn.last_activity + self.idle_timeout
             with trio.move_on_at(deadline) as scope:
-                data = await conn.stream.receive_some(65536)
+                try:
+                    data = await stream.receive_some(65536)
+                except _STREAM_ERRORS as exc:
+                    # A reset, or TLS data that fails to decrypt: this connection ends,
+                    # and only this one.
+                    self._broken(conn, exc)
+                    return
             if scope.cancelled_caught:
                 if trio.current_time() >= conn.last_activity + self.idle_timeout:
                     return  # idle: close
@@ -216,9 +287,14 @@ class TcpTransport:
             if not data:
                 return  # peer closed
             conn.last_activity = trio.current_time()
-            framer.feed(data)
+            framer.feed(bytes(data))  # no copy for the bytes a socket gives
             if not self._drain(framer, conn):
                 return
+
+    def _broken(self, conn: TcpConnection, exc: BaseException) -> None:
+        self.broken += 1
+        cause = exc.__cause__ or exc
+        log.info("connection broken", transport=self.name, remote=conn.remote, error=str(cause))
 
     def _drain(self, framer: StreamFramer, conn: TcpConnection) -> bool:
         assert self._receive is not None and self._framing_error is not None

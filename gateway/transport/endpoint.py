@@ -1,11 +1,12 @@
 """The Trio edge of the SIP stack: sockets, the transaction layer and its one timer queue.
 
-Bytes come in from the listeners, are parsed (RFC 3261 7), stamped with
-received/rport (RFC 3261 18.2.1, RFC 3581 4) and handed to the sans-IO
-transaction layer (RFC 3261 17). What the transactions ask for (transmit,
-deliver, time out) is carried out here; nothing below this module sleeps or
-sends. Malformed requests get a 400 whose reason names the problem, or are
-dropped when no response can be addressed (DESIGN rule 6).
+Bytes come in from the UDP, TCP and TLS listeners (RFC 3261 18, 26.2), are
+parsed (RFC 3261 7), stamped with received/rport (RFC 3261 18.2.1, RFC 3581 4)
+and handed to the sans-IO transaction layer (RFC 3261 17). What the
+transactions ask for (transmit, deliver, time out) is carried out here; nothing
+below this module sleeps or sends. Malformed requests get a 400 whose reason
+names the problem, or are dropped when no response can be addressed (DESIGN
+rule 6).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from gateway.sip.transaction import (
 )
 from gateway.transport.connections import TcpTransport, UdpListener
 from gateway.transport.flow import Address, Destination, Flow, hostport
+from gateway.transport.tls import TlsContexts, TlsTransport, client_context
 
 log = structlog.get_logger("edgegw.sip")
 
@@ -142,15 +144,23 @@ class SipEndpoint:
         tcp_idle_timeout: float,
         handler: RequestHandler,
         clock: Callable[[], float] = trio.current_time,
+        tls: list[Address] | None = None,
+        tls_contexts: TlsContexts | None = None,
     ) -> None:
+        """`tls` listeners need `tls_contexts.server`; without contexts the gateway can still
+        open TLS connections (verifying against the system CAs) but not accept them."""
         self._udp_addresses = udp
         self._tcp_addresses = tcp
+        self._tls_addresses = tls or []
         self.timers = timers
         self.layer = TransactionLayer(timers)
         self.handler = handler
         self.clock = clock
         self.udp: list[UdpListener] = []
         self.tcp = TcpTransport(tcp_idle_timeout)
+        self.tls = TlsTransport(
+            tls_contexts or TlsContexts(server=None, client=client_context()), tcp_idle_timeout
+        )
         self.stats = EndpointStats()
         self._servers: dict[object, ServerHandle] = {}
         self._clients: dict[object, ClientHandle] = {}
@@ -167,9 +177,13 @@ class SipEndpoint:
             async with trio.open_nursery() as nursery:
                 for listener in self.udp:
                     nursery.start_soon(listener.serve, self._on_bytes)
-                if self._tcp_addresses:
+                # Started without listeners too: requests we send may open connections.
+                for transport, addresses in (
+                    (self.tcp, self._tcp_addresses),
+                    (self.tls, self._tls_addresses),
+                ):
                     await nursery.start(
-                        self.tcp.serve, self._tcp_addresses, self._on_bytes, self._on_framing_error
+                        transport.serve, addresses, self._on_bytes, self._on_framing_error
                     )
                 nursery.start_soon(self._timer_loop)
                 task_status.started()
@@ -208,10 +222,11 @@ class SipEndpoint:
 
     def local_address(self, transport: str, family_host: str | None = None) -> Address:
         """The listener address to advertise for `transport` (Via sent-by, Contact)."""
-        if transport == "udp":
-            candidates = [listener.local for listener in self.udp]
-        else:
-            candidates = list(self.tcp.listen_addresses) or [u.local for u in self.udp]
+        candidates = [listener.local for listener in self.udp]
+        if transport == "tls":
+            candidates = self.tls.listen_addresses or self.tcp.listen_addresses or candidates
+        elif transport != "udp":
+            candidates = self.tcp.listen_addresses or candidates
         want_v6 = family_host is not None and ":" in family_host
         for address in candidates:
             if (":" in address[0]) == want_v6:
@@ -219,6 +234,7 @@ class SipEndpoint:
         return candidates[0]
 
     def contact_uri(self, transport: str, remote_host: str | None = None) -> str:
+        """Our URI for Contact: `;transport=tcp|tls` for streams (RFC 3261 19.1.1)."""
         address = self.local_address(transport, remote_host)
         suffix = "" if transport == "udp" else f";transport={transport}"
         return f"sip:{hostport(address)}{suffix}"
@@ -362,7 +378,7 @@ class SipEndpoint:
         send, recv = trio.open_memory_channel[ClientEvent](32)
         handle = ClientHandle(request, destination, send, recv)
         flow = destination.flow
-        if flow is not None and flow.conn_id is not None and flow.conn_id not in self.tcp.by_id:
+        if flow is not None and flow.conn_id is not None and not self.flow_alive(flow):
             # RFC 5626 5.3: the connection a binding came in on has closed, and nothing
             # else reaches an app behind NAT: fail now with 430 rather than after Timer B.
             self._push(handle, make_response(request, 430, "Flow Failed"))
@@ -449,7 +465,7 @@ class SipEndpoint:
         if transport == "udp":
             self._udp_for(destination.address[0]).send(data, destination.address)
         else:
-            self.tcp.send(data, destination.address, None)
+            self.stream_transport(transport).send(data, destination.address, None)
 
     def _udp_for(self, host: str) -> UdpListener:
         want_v6 = ":" in host
@@ -466,7 +482,17 @@ class SipEndpoint:
                     return
             self._udp_for(flow.remote[0]).send(data, flow.remote)
         else:
-            self.tcp.send(data, flow.remote, flow.conn_id)
+            self.stream_transport(flow.transport).send(data, flow.remote, flow.conn_id)
+
+    def stream_transport(self, transport: str) -> TcpTransport:
+        """The connection table for "tls", else the TCP one (also for Vias naming others)."""
+        return self.tls if transport == "tls" else self.tcp
+
+    def flow_alive(self, flow: Flow) -> bool:
+        """Whether the connection `flow` names is still open (always true for UDP)."""
+        if flow.conn_id is None:
+            return True
+        return flow.conn_id in self.stream_transport(flow.transport).by_id
 
     def _response_flow(self, request: Request, flow: Flow) -> Flow:
         """RFC 3261 18.2.2 and RFC 3581 4: reliable -> same connection; UDP -> rport/received."""

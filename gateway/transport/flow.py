@@ -1,7 +1,7 @@
 """Where a SIP message came from or goes to: a transport, addresses and a connection.
 
 A `Flow` is what RFC 5626 calls a flow: for UDP the (local, remote) address pair,
-for TCP one connection. Responses and requests to a registered contact go back
+for TCP and TLS one connection. Responses and requests to a registered contact go back
 over the flow the peer used (RFC 3261 18.2.2, RFC 5626 5.3, RFC 5923), because
 apps behind NAT cannot be reached any other way.
 """
@@ -12,12 +12,14 @@ import functools
 import ipaddress
 from dataclasses import dataclass
 
+from gateway.sip.uri import SipUri, UriError
+
 Address = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
 class Flow:
-    transport: str  # "udp" | "tcp"
+    transport: str  # "udp" | "tcp" | "tls" (a request that came over TLS says "tls")
     local: Address
     remote: Address
     conn_id: str | None = None  # set for connection-oriented transports
@@ -38,6 +40,24 @@ class Destination:
     transport: str
     address: Address
     flow: Flow | None = None
+
+    @classmethod
+    def for_uri(cls, uri: SipUri) -> Destination:
+        """Where a URI with an IP host (or a name to resolve) says to send: RFC 3263 4.1-4.2
+        without NAPTR/SRV. `sips:` always means TLS (RFC 3261 26.2.2, RFC 5630 3.1.3), also
+        with `;transport=tcp`; a missing port is 5061 for TLS, else 5060 (RFC 3261 19.1.2)."""
+        transport = uri.transport
+        # A SIPS URI is reached over TLS only (RFC 3261 26.2.2): never UDP, ws or the like.
+        allowed = ("tcp", "tls") if uri.scheme == "sips" else DEFAULT_PORTS
+        if transport not in allowed:
+            raise UriError(f"Unsupported transport for {uri.scheme}: {transport}")
+        if uri.scheme == "sips":
+            transport = "tls"
+        return cls(transport, (uri.host, uri.port or DEFAULT_PORTS[transport]))
+
+
+# The default port of each transport we speak (RFC 3261 19.1.2, 26.2.2).
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 
 
 # Called for every Via and Contact we write, on a handful of distinct hosts (our own

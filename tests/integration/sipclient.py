@@ -1,25 +1,28 @@
 """A small SIP test client over real sockets, and a harness that runs the gateway in-process.
 
 The client side builds requests (REGISTER, INVITE, OPTIONS with SDP, in-dialog ACK and
-BYE), sends them over UDP or TCP, receives and parses what comes back with timeouts and
-answers digest challenges (RFC 3261 22.2, 22.3) with the gateway's own client code
-(`digest_authorization`). Messages that arrive while a test waits for something else are
-kept in a backlog, so a BYE that overtakes a response is not lost.
+BYE), sends them over UDP, TCP or TLS (Python `ssl` through `trio.SSLStream`), receives
+and parses what comes back with timeouts and answers digest challenges (RFC 3261 22.2,
+22.3) with the gateway's own client code (`digest_authorization`). Messages that arrive
+while a test waits for something else are kept in a backlog, so a BYE that overtakes a
+response is not lost.
 
 The harness writes a loopback configuration (SIP on 127.0.0.1 and, when the host has it,
 ::1; free ports; a small media range; a trunk pointing at a socket the test owns), runs
 `Gateway.serve()` in a cancel scope of the test's nursery and waits until SIP answers an
-OPTIONS over UDP.
+OPTIONS over UDP. With `GatewaySettings(tls=True)` it also listens for TLS on a port of its
+own, with the self-signed certificate the gateway makes under its var dir.
 """
 
 from __future__ import annotations
 
 import random
 import socket
+import ssl
 import textwrap
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,7 +172,7 @@ def in_dialog(
 class Peer(ABC):
     """What UDP and TCP peers share: request building, the backlog, waiting for messages."""
 
-    transport: str  # "UDP" | "TCP"
+    transport: str  # "UDP" | "TCP" | "TLS"
     local: Address
     remote: Address
     backlog: list[tuple[Message, Address]] = field(default_factory=list)
@@ -220,8 +223,8 @@ class Peer(ABC):
         request.headers.add("Call-ID", call_id or new_call_id())
         request.headers.add("CSeq", f"{seq} {method}")
         default_contact = f"<sip:{from_user}@{hostport(self.local)}"
-        if self.transport == "TCP":
-            default_contact += ";transport=tcp"
+        if self.transport != "UDP":
+            default_contact += f";transport={self.transport.lower()}"
         request.headers.add("Contact", contact or default_contact + ">")
         for name, value in extra:
             request.headers.add(name, value)
@@ -436,7 +439,7 @@ class UdpPeer(Peer):
 
 @dataclass(eq=False)
 class TcpPeer(Peer):
-    stream: trio.SocketStream | None = None
+    stream: trio.abc.Stream | None = None
     framer: StreamFramer = field(default_factory=StreamFramer)
     closed: bool = False
 
@@ -475,7 +478,7 @@ class TcpPeer(Peer):
             if not data:
                 self.closed = True
                 return None
-            return data
+            return bytes(data)
         return None
 
     async def receive_raw(self, timeout: float = DEFAULT_TIMEOUT) -> bytes | None:
@@ -494,7 +497,43 @@ class TcpPeer(Peer):
 
     async def aclose(self) -> None:
         if self.stream is not None:
-            await self.stream.aclose()
+            with trio.move_on_after(1.0):  # TLS says goodbye; the gateway may have gone
+                with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.stream.aclose()
+            await trio.aclose_forcefully(self.stream)
+
+
+def tls_client_context(cafile: Path | None) -> ssl.SSLContext:
+    """A TLS 1.2+ client context trusting `cafile` (the gateway's self-signed certificate),
+    or the system store when None."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+@dataclass(eq=False)
+class TlsPeer(TcpPeer):
+    """A SIP client over TLS: a real socket, Python's ssl, the gateway's certificate checked."""
+
+    @classmethod
+    async def connect_tls(
+        cls, remote: Address, context: ssl.SSLContext, *, server_hostname: str | None = None
+    ) -> TlsPeer:
+        raw = await trio.open_tcp_stream(*remote)
+        local = raw.socket.getsockname()[:2]
+        stream = trio.SSLStream(raw, context, server_hostname=server_hostname or remote[0])
+        try:
+            await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return cls("TLS", (local[0], local[1]), remote, stream=stream)
+
+    @property
+    def tls_version(self) -> str | None:
+        assert isinstance(self.stream, trio.SSLStream)
+        version: str | None = self.stream.version()
+        return version
 
 
 # ---- the gateway under test ----------------------------------------------------------------
@@ -546,6 +585,8 @@ class GatewaySettings:
     tcp_idle_timeout: float = 600.0
     min_expires: int = 60
     ipv6: bool = field(default_factory=lambda: has_ipv6_loopback())
+    tls: bool = False  # also listen for TLS (on its own port), self-signed certificate
+    tls_handshake_timeout: float = 10.0
 
 
 def gateway_config_text(
@@ -554,12 +595,14 @@ def gateway_config_text(
     media: tuple[int, int],
     trunk_port: int,
     settings: GatewaySettings,
+    tls_port: int = 0,
 ) -> str:
-    listen = [("udp", "127.0.0.1"), ("tcp", "127.0.0.1")]
-    if settings.ipv6:
-        listen += [("udp", "::1"), ("tcp", "::1")]
+    hosts = ["127.0.0.1", "::1"] if settings.ipv6 else ["127.0.0.1"]
+    listen = [(t, h, sip_port) for h in hosts for t in ("udp", "tcp")]
+    if settings.tls:
+        listen += [("tls", h, tls_port) for h in hosts]
     listen_toml = ",\n    ".join(
-        f'{{ transport = "{t}", host = "{h}", port = {sip_port} }}' for t, h in listen
+        f'{{ transport = "{t}", host = "{h}", port = {p} }}' for t, h, p in listen
     )
     subscribers = "".join(
         textwrap.dedent(
@@ -588,6 +631,7 @@ def gateway_config_text(
             nonce_ttl = {settings.nonce_ttl}
             tcp_idle_timeout = {settings.tcp_idle_timeout}
             min_expires = {settings.min_expires}
+            tls_handshake_timeout = {settings.tls_handshake_timeout}
 
             [media]
             host = "127.0.0.1"
@@ -612,6 +656,7 @@ class GatewayUnderTest:
     settings: GatewaySettings
     trunk_port: int
     sip_port: int = 0
+    tls_port: int = 0
     config: Config | None = None
     gateway: Gateway | None = None
     _scope: trio.CancelScope | None = None
@@ -621,8 +666,17 @@ class GatewayUnderTest:
     def __post_init__(self) -> None:
         hosts = ["127.0.0.1", "::1"] if self.settings.ipv6 else ["127.0.0.1"]
         self.sip_port = free_sip_port(hosts)
+        if self.settings.tls:
+            self.tls_port = free_sip_port(hosts)
+            while self.tls_port == self.sip_port:
+                self.tls_port = free_sip_port(hosts)
         text = gateway_config_text(
-            self.var_dir, self.sip_port, media_range(), self.trunk_port, self.settings
+            self.var_dir,
+            self.sip_port,
+            media_range(),
+            self.trunk_port,
+            self.settings,
+            self.tls_port,
         )
         self.config = parse_config(text, source="test.toml")
 
@@ -633,6 +687,15 @@ class GatewayUnderTest:
     @property
     def tcp4(self) -> Address:
         return ("127.0.0.1", self.sip_port)
+
+    @property
+    def tls4(self) -> Address:
+        return ("127.0.0.1", self.tls_port)
+
+    @property
+    def tls_cert(self) -> Path:
+        """The self-signed certificate the gateway made (exists once it has started)."""
+        return self.var_dir / "tls" / "cert.pem"
 
     @property
     def udp6(self) -> Address:

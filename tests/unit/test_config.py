@@ -45,6 +45,7 @@ def test_empty_file_is_an_unprovisioned_box() -> None:
     assert [(x.transport, x.host, x.port) for x in config.sip.listen] == [
         ("udp", "127.0.0.1", 5060),
         ("tcp", "127.0.0.1", 5060),
+        ("tls", "127.0.0.1", 5061),
     ]
     assert (config.media.port_min, config.media.port_max) == (20000, 29999)
     assert (config.limits.max_calls, config.limits.cps_per_account) == (2000, 1000)
