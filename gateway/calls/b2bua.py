@@ -27,6 +27,8 @@ import structlog
 import trio
 
 from gateway.calls.call import CallRecord, CallState
+from gateway.calls.call_media import CallMedia, app_policy, sdes_allowed, trunk_policy
+from gateway.calls.negotiation import LegPolicy, NegotiationError, Side
 from gateway.calls.registrar import destination_of
 from gateway.calls.router import AppRoute, TrunkRoute
 from gateway.config import Config
@@ -46,7 +48,6 @@ from gateway.sip.sdp import (
     SdpError,
     SessionDescription,
     parse_sdp,
-    rewrite_for_relay,
 )
 from gateway.sip.session_timer import (
     IntervalTooSmall,
@@ -84,33 +85,17 @@ class CallHost(Protocol):
 
 @dataclass(eq=False)
 class Leg:
-    name: str  # "a" (caller side) or "b" (callee side)
+    name: Side  # "a" (caller side) or "b" (callee side)
     call_id: str
     local_tag: str
     origin: Origin
     destination: Destination | None = None
     dialog: Dialog | None = None
-    last_sdp_sent: bytes | None = None
     timer: SessionTimer | None = None
     peer_allows_update: bool = False
     busy: bool = False  # a re-INVITE/UPDATE of ours is in progress on this leg
     bye_done: bool = False  # a BYE went or came on this leg
     acked: trio.Event = field(default_factory=trio.Event)
-
-    def sdp_for(self, sdp: SessionDescription, ports: tuple[int, int], host: str) -> bytes:
-        """SDP toward this leg, on this leg's relay ports; the origin version moves on change."""
-        rewritten = rewrite_for_relay(
-            sdp, address=host, ports=_ports(sdp, ports[0]), origin=self.origin
-        )
-        body = rewritten.to_bytes()
-        if self.last_sdp_sent is not None and body != self.last_sdp_sent:
-            self.origin = self.origin.bumped()
-            rewritten = rewrite_for_relay(
-                sdp, address=host, ports=_ports(sdp, ports[0]), origin=self.origin
-            )
-            body = rewritten.to_bytes()
-        self.last_sdp_sent = body
-        return body
 
 
 @dataclass(eq=False)
@@ -135,19 +120,6 @@ class _Resend:
     interval: float
     due: float
     give_up: float
-
-
-def _ports(sdp: SessionDescription, port: int) -> list[int]:
-    """Our relay port for the first live audio stream; every other stream is refused (0)."""
-    ports: list[int] = []
-    used = False
-    for media in sdp.media:
-        if not used and media.media == "audio" and media.port != 0:
-            ports.append(port)
-            used = True
-        else:
-            ports.append(0)
-    return ports
 
 
 def media_target(sdp: SessionDescription) -> tuple[str, int, int | None] | None:
@@ -227,6 +199,12 @@ class Call:
         self.media = MediaSession(
             host.allocator, host_for_sdp=media_host, latch_window=self.config.media.latch_window
         )
+        self.call_media = CallMedia(
+            self.media,
+            {"a": self._caller_policy(), "b": self._callee_policy()},
+            {"a": self.a.origin, "b": self.b.origin},
+            call_id=self.record.id,
+        )
         self.ports: dict[str, tuple[int, int]] = {}
         self.branches: list[Branch] = []
         self.winner: Branch | None = None
@@ -238,8 +216,25 @@ class Call:
             tuple[Branch | None, ClientEvent | None]
         ](64)
         self._hold = False
+        self._media_failure: NegotiationError | None = None
 
     # ---- plumbing ---------------------------------------------------------------------
+
+    def _caller_policy(self) -> LegPolicy:
+        flow = self.server.flow
+        secure = sdes_allowed(self.config, flow.transport, flow.remote[0])
+        return app_policy(self.config, self.caller, secure=secure)
+
+    def _callee_policy(self) -> LegPolicy:
+        if isinstance(self.route, TrunkRoute):
+            trunk = self.route.trunk
+            secure = sdes_allowed(self.config, trunk.transport, trunk.host)
+            return trunk_policy(self.config, trunk, secure=secure)
+        # One offer goes to every device of the callee: keys only if all are safe for them.
+        secure = all(
+            sdes_allowed(self.config, b.transport, b.source_host) for b in self.route.bindings
+        )
+        return app_policy(self.config, self.route.subscriber, secure=secure)
 
     @property
     def id(self) -> str:
@@ -316,6 +311,7 @@ class Call:
                 except PortsExhausted:
                     self._refuse(503, "Media Ports Exhausted", "media-ports-exhausted")
                     return
+                self.call_media.bind(self.ports)
                 nursery.start_soon(self._inbox_loop)
                 if await self._setup(nursery):
                     await self._talk()
@@ -361,17 +357,15 @@ class Call:
 
     # ---- set-up ------------------------------------------------------------------------
 
-    def _offer(self) -> SessionDescription | None:
-        if not self.invite.body:
+    def _offer(self) -> bytes | None:
+        """The offer for the callee leg, made from the caller's; None when refused."""
+        if not self.invite.body or not _is_sdp(self.invite):
             self._refuse(488, "SDP Offer Required In INVITE", "no-sdp-offer")
             return None
         try:
-            offer = parse_sdp(self.invite.body)
-        except SdpError as exc:
-            self._refuse(400, f"Bad SDP: {exc}", "bad-sdp")
-            return None
-        if media_target(offer) is None:
-            self._refuse(488, "No Usable Audio Stream", "no-audio")
+            offer = self.call_media.offer("a", self.invite.body)
+        except NegotiationError as exc:
+            self._refuse(exc.status, exc.reason, exc.cause)
             return None
         return offer if self._negotiate_caller_timer() else None
 
@@ -398,27 +392,18 @@ class Call:
         self.a.peer_allows_update = _allows(self.invite, "UPDATE")
         return True
 
-    def _set_remote(self, leg: str, sdp: SessionDescription) -> bool:
-        """Point the relay at the SDP's media address; False when it cannot be used."""
-        target = media_target(sdp)
-        if target is None:
-            return True
-        host, rtp, rtcp = target
-        if host in ("0.0.0.0", "::"):
-            return True  # RFC 2543-style hold: keep the latched peer, it simply stops sending
+    def _answer(self, side: Side, body: bytes) -> bytes | None:
+        """The answer for the offerer made from ``side``'s answer; None when unusable."""
         try:
-            self.media.set_remote(leg, host, rtp, rtcp)
-        except ValueError as exc:  # a host name, or a family the relay does not have
-            log.warning("unusable media address", call=self.id, leg=leg, reason=str(exc))
-            return False
-        return True
+            return self.call_media.answer(side, body)
+        except NegotiationError as exc:
+            log.warning("answer refused", call=self.id, leg=side, reason=exc.reason)
+            self._media_failure = exc
+            return None
 
     async def _setup(self, nursery: trio.Nursery) -> bool:
         offer = self._offer()
         if offer is None:
-            return False
-        if not self._set_remote("a", offer):
-            self._refuse(488, "Unusable Media Address", "bad-sdp")
             return False
         self._make_branches(offer)
         for fork in self.branches:
@@ -462,7 +447,7 @@ class Call:
             return self._on_answer(branch, event)
         return self._branch_failed(branch, event.status)
 
-    def _make_branches(self, offer: SessionDescription) -> None:
+    def _make_branches(self, offer: bytes) -> None:
         if isinstance(self.route, AppRoute):
             for binding in self.route.bindings:
                 self.branches.append(self._branch(binding.contact, destination_of(binding), offer))
@@ -485,7 +470,7 @@ class Call:
         callee = self.route.subscriber.username
         return f"sip:{self.caller.username}@{local}", f"sip:{callee}@{local}"
 
-    def _branch(self, ruri: str, destination: Destination, offer: SessionDescription) -> Branch:
+    def _branch(self, ruri: str, destination: Destination, offer: bytes) -> Branch:
         from_uri, to_uri = self._identity(destination)
         headers = Headers()
         forwards = _max_forwards(self.invite)
@@ -503,8 +488,7 @@ class Call:
             headers.add(name, value)
         headers.add("User-Agent", USER_AGENT)
         headers.add("Content-Type", "application/sdp")
-        body = self.b.sdp_for(offer, self.ports["b"], self.media_host)
-        return Branch(Request("INVITE", ruri, headers, body), destination)
+        return Branch(Request("INVITE", ruri, headers, offer), destination)
 
     def _start_branch(self, branch: Branch, nursery: trio.Nursery) -> None:
         branch.handle = self.host.endpoint.send_request(branch.request, branch.destination)
@@ -560,13 +544,9 @@ class Call:
         )
         self._a_contact(relayed)
         if response.body and _is_sdp(response):
-            try:
-                answer = parse_sdp(response.body)
-            except SdpError:
-                answer = None
+            answer = self._answer("b", response.body)
             if answer is not None:
-                self._set_remote("b", answer)
-                relayed.body = self.a.sdp_for(answer, self.ports["a"], self.media_host)
+                relayed.body = answer
                 relayed.headers.set("Content-Type", "application/sdp")
                 self.record.state = CallState.EARLY_MEDIA
         if self.record.state is CallState.SETUP:
@@ -626,9 +606,15 @@ class Call:
         for other in self.branches:
             if other is not branch:
                 self._cancel_branch(other)
-        answer = _sdp_of(response)
-        if answer is None or media_target(answer) is None or not self._set_remote("b", answer):
-            self._refuse(502, "Callee Answered Without Usable SDP", "callee-bad-sdp")
+        answer = self._final_answer(response)
+        if answer is None:
+            failure = self._media_failure
+            status, reason, cause = (
+                (failure.status, failure.reason, failure.cause)
+                if failure is not None
+                else (502, "Callee Answered Without Usable SDP", "callee-bad-sdp")
+            )
+            self._refuse(status, reason, cause)
             self._send_bye(self.b)
             return False
         ok = make_response(self.invite, 200, None, to_tag=self.a.local_tag)
@@ -640,7 +626,7 @@ class Call:
             for name, value in self.a.timer.response_headers():
                 ok.headers.set(name, value)
             self.a.timer.refreshed(now)
-        ok.body = self.a.sdp_for(answer, self.ports["a"], self.media_host)
+        ok.body = answer
         ok.headers.set("Content-Type", "application/sdp")
         contact = ok.headers.get("Contact") or ""
         self._caller_dialog.local_contact = contact.strip("<>")
@@ -665,6 +651,16 @@ class Call:
             route=self.record.route,
         )
         return True
+
+    def _final_answer(self, response: Response) -> bytes | None:
+        """The caller's answer from the callee's 2xx, or from its earlier 183 when the 2xx
+        has no SDP (the answer came unreliably in the 183; many UAs do not repeat it)."""
+        self._media_failure = None
+        if response.body and _is_sdp(response):
+            return self._answer("b", response.body)
+        if self.call_media.plan is not None:
+            return self.call_media.last_sent("a")
+        return None
 
     def _retransmit_until_ack(self, leg: Leg, ok: Response) -> None:
         # Driven by _talk's wake-ups, not a task of its own: one task less per call.
@@ -741,7 +737,8 @@ class Call:
         if leg.busy:
             return  # a carried re-INVITE/UPDATE is under way and refreshes the session too
         method = "UPDATE" if leg.peer_allows_update else "INVITE"
-        body = leg.last_sdp_sent if method == "INVITE" and leg.last_sdp_sent else b""
+        last = self.call_media.last_sent(leg.name)
+        body = last if method == "INVITE" and last else b""
         request = leg.dialog.create_request(
             method,
             body=body,
@@ -855,12 +852,13 @@ class Call:
         if not _is_sdp(request):
             return request.body, request.headers.get("Content-Type")
         try:
-            offer = parse_sdp(request.body)
-        except SdpError:
+            offer = self.call_media.offer(leg.name, request.body)
+        except NegotiationError as exc:
+            log.info("re-offer refused", call=self.id, leg=leg.name, reason=exc.reason)
             return None, None
-        self._set_remote(leg.name, offer)
-        self._hold = _on_hold(offer)
-        return other.sdp_for(offer, self.ports[other.name], self.media_host), "application/sdp"
+        held = _sdp_of(request)
+        self._hold = held is not None and _on_hold(held)
+        return offer, "application/sdp"
 
     def _relay_final(
         self,
@@ -879,10 +877,9 @@ class Call:
         response = make_response(request, final.status, final.reason)
         if 200 <= final.status < 300:
             self._a_contact(response) if leg is self.a else self._b_contact(response)
-            answer = _sdp_of(final)
+            answer = self._answer(other.name, final.body) if final.body and _is_sdp(final) else None
             if answer is not None:
-                self._set_remote(other.name, answer)
-                response.body = leg.sdp_for(answer, self.ports[leg.name], self.media_host)
+                response.body = answer
                 response.headers.set("Content-Type", "application/sdp")
             if leg.timer is not None and request.method in ("INVITE", "UPDATE"):
                 for name, value in leg.timer.response_headers():

@@ -76,6 +76,10 @@ class DropReason(StrEnum):
     NOT_RTP = "not-rtp"
     NO_DESTINATION = "no-destination"
     UNAUTHENTICATED = "unauthenticated"
+    SRTP_AUTH = "srtp-auth"
+    SRTP_REPLAY = "srtp-replay"
+    SRTP_MALFORMED = "srtp-malformed"
+    SRTP_SSRC_LIMIT = "srtp-ssrc-limit"
     TOO_LARGE = "too-large"
     SEND_ERROR = "send-error"
 

@@ -35,17 +35,20 @@ from typing import Any
 
 import trio
 
+from gateway.media.forwarding import LegPath, forward_packet
 from gateway.media.latching import (
     Address,
     DropReason,
     Endpoint,
     Leg,
     SessionState,
+    Stream,
     count_drop,
     forward,
     open_window,
     rebind,
 )
+from gateway.media.srtp import SrtpReceiver, SrtpSender
 
 __all__ = [
     "LocalPorts",
@@ -253,6 +256,13 @@ class MediaSession:
         self._pairs: dict[str, PortPair] = {}
         self._started_at: float | None = None
         self._run_called = False
+        state = self.state
+        self.paths: dict[Leg, LegPath] = {
+            "a": LegPath(state.a_rtp, state.a_rtcp),
+            "b": LegPath(state.b_rtp, state.b_rtcp),
+        }
+        # Both legs plain: the zero-copy loop; read per wake, so it must be a plain bool.
+        self._plain = True
 
     @property
     def local_ports(self) -> LocalPorts:
@@ -310,6 +320,29 @@ class MediaSession:
     def _rebind(endpoint: Endpoint, expected: Address | None, now: float) -> None:
         if expected != endpoint.expected:
             rebind(endpoint, expected, now)
+
+    def configure(
+        self,
+        leg: str,
+        *,
+        rtcp_mux: bool = False,
+        receiver: SrtpReceiver | None = None,
+        sender: SrtpSender | None = None,
+        payload_types: dict[int, int] | None = None,
+    ) -> None:
+        """Set what the packet step does for ``leg``: keys, rtcp-mux, payload types.
+
+        ``receiver`` unprotects what the leg's peer sends; ``sender`` protects
+        what the relay sends it; ``payload_types`` maps the other leg's payload
+        types to this leg's. The caller keeps SRTP contexts when keys have not
+        changed (a new context on an old key would reuse packet indexes).
+        """
+        path = self.paths[_as_leg(leg)]
+        path.rtcp_mux = rtcp_mux
+        path.receiver = receiver
+        path.sender = sender
+        path.payload_types = dict(payload_types or {})
+        self._plain = self.paths["a"].plain and self.paths["b"].plain
 
     def open_latch_window(self, leg: str) -> None:
         """Restart the latch window of ``leg`` if it has not latched yet.
@@ -385,12 +418,13 @@ class MediaSession:
         return self.local_ports
 
     def _start_pumps(self, nursery: trio.Nursery) -> None:
-        a, b = self._pairs["a"], self._pairs["b"]
-        state = self.state
-        nursery.start_soon(self._pump, a.rtp_socket, b.rtp_socket, state.a_rtp, state.b_rtp)
-        nursery.start_soon(self._pump, b.rtp_socket, a.rtp_socket, state.b_rtp, state.a_rtp)
-        nursery.start_soon(self._pump, a.rtcp_socket, b.rtcp_socket, state.a_rtcp, state.b_rtcp)
-        nursery.start_soon(self._pump, b.rtcp_socket, a.rtcp_socket, state.b_rtcp, state.a_rtcp)
+        for leg in ("a", "b"):
+            for stream in ("rtp", "rtcp"):
+                nursery.start_soon(self._pump, leg, stream)
+
+    def _socket(self, leg: Leg, stream: Stream) -> socket.socket:
+        pair = self._pairs[leg]
+        return pair.rtcp_socket if stream == "rtcp" else pair.rtp_socket
 
     def close(self) -> None:
         """Close the sockets and hand the ports back (idempotent; nothing to do unopened)."""
@@ -402,10 +436,65 @@ class MediaSession:
             trio.lowlevel.notify_closing(pair.rtcp_socket)
             pair.close()
 
-    async def _pump(
+    async def _pump(self, leg: Leg, stream: Stream) -> None:
+        """Relay what arrives on one socket of ``leg`` to the other leg."""
+        other: Leg = "b" if leg == "a" else "a"
+        rx = self._socket(leg, stream)
+        tx = self._socket(other, stream)
+        src_ep = self.state.endpoint(leg, stream)
+        dst_ep = self.state.endpoint(other, stream)
+        while True:
+            if self._plain:
+                await self._pump_plain(rx, tx, src_ep, dst_ep)
+            else:
+                await self._pump_secure(rx, leg, other, stream)
+
+    async def _pump_secure(self, rx: socket.socket, leg: Leg, other: Leg, stream: Stream) -> None:
+        """One wake's worth of packets through :func:`forward_packet` (SRTP, mux, PT map)."""
+        src_path, dst_path = self.paths[leg], self.paths[other]
+        buf = bytearray(_BUFFER_SIZE)
+        await trio.lowlevel.wait_readable(rx)
+        now = self._clock()
+        for _ in range(_BATCH):
+            try:
+                n, src = rx.recvfrom_into(buf, 0, socket.MSG_TRUNC)
+            except OSError:  # nothing queued, or a queued ICMP error
+                return
+            if n > _BUFFER_SIZE:
+                count_drop(src_path.endpoint(stream), DropReason.TOO_LARGE)
+                continue
+            out = forward_packet(src_path, dst_path, stream, bytes(buf[:n]), src, now)
+            if out is None:
+                continue
+            await self._send(
+                self._socket(other, out.stream),
+                out.data,
+                out.destination,
+                dst_path.endpoint(out.stream),
+            )
+
+    async def _send(
+        self, tx: socket.socket, data: bytes, destination: Address, dst_ep: Endpoint
+    ) -> None:
+        try:
+            tx.sendto(data, destination)
+        except BlockingIOError:
+            if not await _send_when_writable(tx, memoryview(data), destination):
+                count_drop(dst_ep, DropReason.SEND_ERROR)
+                return
+        except OSError:
+            count_drop(dst_ep, DropReason.SEND_ERROR)
+            return
+        dst_ep.packets_out += 1
+        dst_ep.bytes_out += len(data)
+
+    async def _pump_plain(
         self, rx: socket.socket, tx: socket.socket, src_ep: Endpoint, dst_ep: Endpoint
     ) -> None:
-        """Relay what arrives on ``rx`` out of ``tx``: the hot loop."""
+        """Relay what arrives on ``rx`` out of ``tx`` until the legs stop being plain.
+
+        The hot loop of identical legs: zero-copy from the receive buffer.
+        """
         buf = bytearray(_BUFFER_SIZE)
         view = memoryview(buf)
         recvfrom_into = rx.recvfrom_into
@@ -415,6 +504,8 @@ class MediaSession:
         trunc = socket.MSG_TRUNC
         while True:
             await wait_readable(rx)
+            if not self._plain:
+                return  # configured while waiting: what is queued takes the other path
             now = clock()
             for _ in range(_BATCH):
                 try:

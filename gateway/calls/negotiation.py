@@ -1,0 +1,661 @@
+"""Per-leg SDP offer/answer of the B2BUA: codecs, SRTP keys and RTCP per leg (sans-IO).
+
+The gateway is the answerer toward whoever offered and the offerer toward the
+other leg (RFC 3264 5 and 6). Nothing of one leg's description is copied to the
+other blindly: each leg gets the gateway's own address, ports, origin, keys and
+a codec list built from that leg's policy, so either leg can be plain RTP or
+SRTP and either leg can end up with a codec the other does not have.
+
+* Offer toward the other leg: the offerer's codecs that the other leg's policy
+  allows first, in the offerer's order (so a shared codec is relayed without
+  transcoding), then the policy's codecs the gateway can transcode to;
+  telephone-event (RFC 4733) and CN (RFC 3389) ride along.
+* SRTP by SDES (RFC 4568): ``RTP/SAVP`` with one a=crypto per allowed suite,
+  each with a fresh key of the gateway's. An ``RTP/AVP`` offer that carries
+  a=crypto ("best effort" SRTP, as baresip's optional mode sends) is answered
+  with SRTP when the policy allows it. Keys are made per leg and never cross.
+* RTCP multiplexing (RFC 5761 5.1.1) is offered and echoed per leg.
+* Answer to the offerer: the codec the other leg chose when the offerer has it
+  (relay), else the offerer's first codec the gateway can transcode.
+
+The result is a :class:`MediaPlan`: per leg the peer's address, the codec and
+its payload type, telephone-event and CN payload types, ptime, rtcp-mux and the
+two SRTP keys (ours, which protects what we send, and the peer's); and whether
+the call needs transcoding. Only the first live audio stream is carried; other
+streams are refused with port 0 (RFC 3264 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.media.srtp import (
+    DEFAULT_SUITES,
+    CryptoAttribute,
+    SdesError,
+    SrtpSuite,
+    choose_crypto,
+    new_crypto,
+    parse_crypto,
+)
+from gateway.sip.sdp import (
+    Connection,
+    Media,
+    Origin,
+    RtpMap,
+    SdpError,
+    SessionDescription,
+    Timing,
+    parse_sdp,
+)
+from gateway.store.model import SrtpPolicy
+
+__all__ = [
+    "TRANSCODABLE",
+    "Codec",
+    "LegMedia",
+    "LegPolicy",
+    "MediaPlan",
+    "NegotiationError",
+    "Negotiator",
+    "Side",
+]
+
+Side = Literal["a", "b"]
+
+# Encodings the media plane can decode and encode (lower case, with their RTP clock).
+TRANSCODABLE: dict[str, int] = {
+    "pcma": 8000,
+    "pcmu": 8000,
+    "g722": 8000,
+    "g729": 8000,
+    "opus": 48000,
+}
+_STATIC_PT = {"pcmu": 0, "pcma": 8, "g722": 9, "cn": 13, "g729": 18}
+_CANONICAL = {"pcma": "PCMA", "pcmu": "PCMU", "g722": "G722", "g729": "G729", "opus": "opus"}
+_OPUS_FMTP = "useinbandfec=1;usedtx=1"
+_TELEPHONE_EVENT_FMTP = "0-16"
+_SAVP = frozenset({"RTP/SAVP", "RTP/SAVPF"})
+_AVP = frozenset({"RTP/AVP", "RTP/AVPF"})
+_AUXILIARY = frozenset({"telephone-event", "cn"})
+
+
+class NegotiationError(Exception):
+    """An offer or answer the gateway cannot accept.
+
+    ``status`` and ``reason`` are the SIP response for the offerer (488 Not
+    Acceptable Here unless the SDP itself is broken); ``cause`` is the CDR's
+    end reason.
+    """
+
+    def __init__(self, status: int, reason: str, cause: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.cause = cause
+
+
+@dataclass(frozen=True, slots=True)
+class LegPolicy:
+    """What one leg may use: decided by the subscriber or trunk behind it.
+
+    ``sdes_allowed`` says whether keys may travel in this leg's SDP: the
+    signalling is TLS, or SIP listens on loopback only, or the peer is on a
+    trusted network.
+    """
+
+    srtp: SrtpPolicy
+    codecs: tuple[str, ...]
+    sdes_allowed: bool
+    suites: tuple[SrtpSuite, ...] = DEFAULT_SUITES
+    rtcp_mux: bool = True
+    ptime: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """One payload format as negotiated on a leg."""
+
+    encoding: str
+    payload_type: int
+    clock_rate: int
+    channels: int = 1
+    fmtp: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Identity across legs: the encoding (case-insensitive) and its clock."""
+        return self.encoding.lower(), self.clock_rate
+
+    def rtpmap(self) -> str:
+        tail = f"/{self.channels}" if self.channels != 1 else ""
+        return f"{self.payload_type} {self.encoding}/{self.clock_rate}{tail}"
+
+
+@dataclass(frozen=True, slots=True)
+class LegMedia:
+    """What one leg agreed: where its peer is and what flows on it."""
+
+    host: str
+    rtp_port: int
+    rtcp_port: int
+    rtcp_mux: bool
+    codec: Codec
+    telephone_event: Codec | None
+    comfort_noise: Codec | None
+    ptime: int
+    direction: str
+    srtp_local: CryptoAttribute | None  # ours: protects what the gateway sends
+    srtp_remote: CryptoAttribute | None  # the peer's: unprotects what it sends
+
+    @property
+    def secure(self) -> bool:
+        return self.srtp_local is not None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaPlan:
+    a: LegMedia
+    b: LegMedia
+
+    @property
+    def transcoding(self) -> bool:
+        """True when the legs use different codecs, so audio must be decoded and re-encoded."""
+        return self.a.codec.key != self.b.codec.key
+
+    def leg(self, side: Side) -> LegMedia:
+        return self.a if side == "a" else self.b
+
+
+@dataclass(slots=True)
+class _Offered:
+    """An audio stream as offered by a peer."""
+
+    sdp: SessionDescription
+    index: int  # which m= line
+    media: Media
+    host: str
+    codecs: list[Codec]
+    events: list[Codec]
+    noise: list[Codec]
+    crypto: CryptoAttribute | None  # the offered line we accept, when SRTP
+    ptime: int | None
+
+
+@dataclass(slots=True)
+class _Pending:
+    offerer: Side
+    offer: _Offered
+    sent: list[Codec]  # what we offered to the other side
+    secure: bool  # we offered SRTP to the other side
+
+
+@dataclass(slots=True)
+class _LegState:
+    policy: LegPolicy
+    origin: Origin
+    rtp_port: int
+    last_body: bytes | None = None
+    keys: dict[SrtpSuite, CryptoAttribute] = field(default_factory=dict)
+
+    def key_for(self, suite: SrtpSuite, tag: int) -> CryptoAttribute:
+        """Our key for ``suite``, made once per leg and kept across re-offers.
+
+        Keeping it means libsrtp contexts survive a re-INVITE: a fresh context
+        on an old key would restart packet indexes, which SRTP forbids.
+        """
+        key = self.keys.get(suite)
+        if key is None:
+            key = new_crypto(tag, suite)
+            self.keys[suite] = key
+        if key.tag != tag:
+            return CryptoAttribute(tag=tag, suite=key.suite, keys=key.keys, session_params=())
+        return key
+
+
+def _other(side: Side) -> Side:
+    return "b" if side == "a" else "a"
+
+
+class Negotiator:
+    """Offer/answer for the two legs of one call.
+
+    ``offer(side, body)`` takes an offer that arrived from ``side`` and gives
+    the offer to send to the other leg; ``answer(side, body)`` takes the
+    other leg's answer and gives the answer for the offerer and the plan.
+    Answers may come more than once (183 then 200, or several forks): each
+    is answered against the same pending offer.
+    """
+
+    def __init__(
+        self,
+        policies: dict[Side, LegPolicy],
+        *,
+        host: str,
+        ports: dict[Side, int],
+        origins: dict[Side, Origin],
+        transcoding: bool = True,
+    ) -> None:
+        self.host = host
+        self.transcoding = transcoding
+        self._legs: dict[Side, _LegState] = {
+            side: _LegState(policies[side], origins[side], ports[side]) for side in ("a", "b")
+        }
+        self._pending: _Pending | None = None
+        self.plan: MediaPlan | None = None
+
+    def offered_media(self) -> tuple[str, int, int] | None:
+        """The pending offer's media address: host, RTP port, RTCP port."""
+        if self._pending is None:
+            return None
+        offer = self._pending.offer
+        return offer.host, offer.media.port, _rtcp_port(offer.media, offer.media.rtcp_mux)
+
+    def policy(self, side: Side) -> LegPolicy:
+        return self._legs[side].policy
+
+    # ---- offers ------------------------------------------------------------------------
+
+    def offer(self, side: Side, body: bytes) -> bytes:
+        """An offer from ``side``: the offer for the other leg (NegotiationError if refused)."""
+        offered = self._read_offer(side, _parse(body))
+        target = _other(side)
+        policy = self._legs[target].policy
+        sent = _offer_codecs(offered, policy, transcoding=self.transcoding)
+        if not any(c.encoding.lower() not in _AUXILIARY for c in sent):
+            raise NegotiationError(488, "No Common Codec", "no-common-codec")
+        secure = self._offer_secure(target)
+        self._pending = _Pending(side, offered, sent, secure)
+        media = self._offer_media(target, sent, secure, offered)
+        return self._render(target, [media], offered.sdp.times)
+
+    def _offer_secure(self, target: Side) -> bool:
+        policy = self._legs[target].policy
+        if policy.srtp == "off":
+            return False
+        if not policy.sdes_allowed:
+            if policy.srtp == "mandatory":
+                raise NegotiationError(
+                    488, "Callee Needs SRTP Over TLS", "srtp-needs-secure-signalling"
+                )
+            return False
+        return True
+
+    def _offer_media(
+        self, target: Side, sent: list[Codec], secure: bool, offered: _Offered
+    ) -> Media:
+        leg = self._legs[target]
+        media = Media("audio", leg.rtp_port, "RTP/SAVP" if secure else "RTP/AVP", [])
+        _describe(media, sent)
+        media.attributes.append(("ptime", str(leg.policy.ptime)))
+        _transport_attributes(media, leg.rtp_port, leg.policy.rtcp_mux)
+        if secure:
+            for tag, suite in enumerate(leg.policy.suites, start=1):
+                media.attributes.append(("crypto", leg.key_for(suite, tag).to_value()))
+        media.attributes.append((offered.sdp.direction_of(offered.media), None))
+        return media
+
+    def _read_offer(self, side: Side, sdp: SessionDescription) -> _Offered:
+        index, media = _first_audio(sdp)
+        policy = self._legs[side].policy
+        host = _host_of(sdp, media)
+        crypto = _offer_crypto(media, policy)
+        codecs, events, noise = _codecs_of(media)
+        if not codecs:
+            raise NegotiationError(488, "No Audio Codec Offered", "no-common-codec")
+        return _Offered(sdp, index, media, host, codecs, events, noise, crypto, media.ptime)
+
+    # ---- answers -----------------------------------------------------------------------
+
+    def answer(self, side: Side, body: bytes) -> tuple[bytes, MediaPlan]:
+        """The answer from ``side`` to our offer: the answer for the offerer and the plan."""
+        pending = self._pending
+        if pending is None or pending.offerer == side:
+            raise NegotiationError(488, "Answer Without Offer", "bad-sdp")
+        sdp = _parse(body)
+        answered = self._read_answer(side, sdp, pending)
+        offerer = pending.offerer
+        their = self._answer_offerer(offerer, pending.offer, answered)
+        legs = {side: answered, offerer: their}
+        self.plan = MediaPlan(a=legs["a"], b=legs["b"])
+        media = self._answer_media(offerer, pending.offer, their, answered.direction)
+        return self._render(offerer, media, pending.offer.sdp.times), self.plan
+
+    def _read_answer(self, side: Side, sdp: SessionDescription, pending: _Pending) -> LegMedia:
+        live = [m for m in sdp.media if m.media == "audio" and m.port != 0]
+        if not live:
+            raise NegotiationError(488, "Callee Refused The Audio Stream", "callee-refused-media")
+        media = live[0]
+        if not media.is_rtp:
+            raise NegotiationError(488, f"Callee Answered {media.proto}", "callee-bad-sdp")
+        codecs, events, noise = _codecs_of(media)
+        chosen = _match(codecs, pending.sent)
+        if chosen is None:
+            raise NegotiationError(488, "Callee Chose No Offered Codec", "callee-bad-sdp")
+        local, remote = self._answer_keys(side, media, pending.secure)
+        host = _host_of(sdp, media)
+        mux = media.rtcp_mux and self._legs[side].policy.rtcp_mux
+        return LegMedia(
+            host=host,
+            rtp_port=media.port,
+            rtcp_port=_rtcp_port(media, mux),
+            rtcp_mux=mux,
+            codec=chosen,
+            telephone_event=_match(events, pending.sent),
+            comfort_noise=_match(noise, pending.sent),
+            ptime=media.ptime or 20,
+            direction=sdp.direction_of(media),
+            srtp_local=local,
+            srtp_remote=remote,
+        )
+
+    def _answer_keys(
+        self, side: Side, media: Media, secure: bool
+    ) -> tuple[CryptoAttribute | None, CryptoAttribute | None]:
+        lines = _crypto_lines(media)
+        if not secure:
+            if lines or media.proto in _SAVP:
+                raise NegotiationError(488, "Callee Answered SRTP To A Plain Offer", "bad-srtp")
+            return None, None
+        leg = self._legs[side]
+        if not lines and media.proto in _AVP and leg.policy.srtp == "optional":
+            # Not RFC 3264 (the proto must match), but many UAs answer a SAVP offer this
+            # way; "optional" means plain RTP is acceptable, so take it rather than fail.
+            return None, None
+        if len(lines) != 1:
+            raise NegotiationError(
+                488, "Callee Answer Needs Exactly One a=crypto", "callee-bad-srtp"
+            )
+        remote = lines[0]
+        suite = remote.known_suite
+        if suite is None or suite not in leg.policy.suites:
+            raise NegotiationError(488, "Callee Chose A Suite Not Offered", "callee-bad-srtp")
+        index = leg.policy.suites.index(suite)
+        if remote.tag != index + 1:
+            raise NegotiationError(488, "Callee Answered An Unknown Crypto Tag", "callee-bad-srtp")
+        return leg.key_for(suite, remote.tag), remote
+
+    def _answer_offerer(self, side: Side, offer: _Offered, answered: LegMedia) -> LegMedia:
+        leg = self._legs[side]
+        codec = _same_codec(offer.codecs, answered.codec) or _transcoding_choice(
+            offer.codecs, leg.policy
+        )
+        rate = codec.clock_rate
+        local = None
+        if offer.crypto is not None:
+            suite = offer.crypto.known_suite
+            assert suite is not None  # _offer_crypto accepted only known suites
+            local = leg.key_for(suite, offer.crypto.tag)
+        mux = offer.media.rtcp_mux and leg.policy.rtcp_mux
+        return LegMedia(
+            host=offer.host,
+            rtp_port=offer.media.port,
+            rtcp_port=_rtcp_port(offer.media, mux),
+            rtcp_mux=mux,
+            codec=codec,
+            telephone_event=_with_rate(offer.events, rate),
+            comfort_noise=_with_rate(offer.noise, rate) if rate == 8000 else None,
+            ptime=offer.ptime or 20,
+            direction=offer.sdp.direction_of(offer.media),
+            srtp_local=local,
+            srtp_remote=offer.crypto,
+        )
+
+    def _answer_media(
+        self, side: Side, offer: _Offered, mine: LegMedia, direction: str
+    ) -> list[Media]:
+        """The answer's m= lines; ``direction`` is what the other leg answered us.
+
+        Our offer copied the offerer's direction, so the other leg's answer to it is
+        the right answer to the offerer too (RFC 3264 6.1).
+        """
+        leg = self._legs[side]
+        result: list[Media] = []
+        for index, offered in enumerate(offer.sdp.media):
+            if index != offer.index:
+                result.append(Media(offered.media, 0, offered.proto, list(offered.formats)))
+                continue
+            media = Media("audio", leg.rtp_port, offered.proto, [])
+            codecs = [mine.codec, mine.telephone_event, mine.comfort_noise]
+            _describe(media, [c for c in codecs if c is not None])
+            media.attributes.append(("ptime", str(leg.policy.ptime)))
+            _transport_attributes(media, leg.rtp_port, mine.rtcp_mux, answer=True)
+            if mine.srtp_local is not None:
+                media.attributes.append(("crypto", mine.srtp_local.to_value()))
+            media.attributes.append((direction, None))
+            result.append(media)
+        return result
+
+    # ---- rendering ---------------------------------------------------------------------
+
+    def _render(self, side: Side, media: list[Media], times: Iterable[Timing]) -> bytes:
+        leg = self._legs[side]
+        body = _session(leg.origin, self.host, media, times).to_bytes()
+        if leg.last_body is not None and body != leg.last_body:
+            # RFC 3264 8: a changed description carries a higher o= version.
+            leg.origin = leg.origin.bumped()
+            body = _session(leg.origin, self.host, media, times).to_bytes()
+        leg.last_body = body
+        return body
+
+    def last_sent(self, side: Side) -> bytes | None:
+        """The last description sent toward ``side`` (for re-sending it unchanged)."""
+        return self._legs[side].last_body
+
+
+# ---- pieces ------------------------------------------------------------------------------
+
+
+def _parse(body: bytes) -> SessionDescription:
+    try:
+        return parse_sdp(body)
+    except SdpError as exc:
+        raise NegotiationError(400, f"Bad SDP: {exc}", "bad-sdp") from exc
+
+
+def _first_audio(sdp: SessionDescription) -> tuple[int, Media]:
+    for index, media in enumerate(sdp.media):
+        if media.media == "audio" and media.port != 0:
+            if media.proto not in _SAVP | _AVP:
+                raise NegotiationError(
+                    488, f"Media Transport {media.proto} Not Supported", "bad-sdp"
+                )
+            return index, media
+    raise NegotiationError(488, "No Usable Audio Stream", "no-audio")
+
+
+def _host_of(sdp: SessionDescription, media: Media) -> str:
+    connection = media.connection or sdp.connection
+    if connection is None:
+        raise NegotiationError(400, "Bad SDP: audio stream without c= line", "bad-sdp")
+    return connection.address
+
+
+def _crypto_lines(media: Media) -> list[CryptoAttribute]:
+    lines: list[CryptoAttribute] = []
+    for key, value in media.attributes:
+        if key != "crypto" or value is None:
+            continue
+        try:
+            lines.append(parse_crypto(value))
+        except SdesError as exc:
+            raise NegotiationError(488, f"Bad a=crypto: {exc}", "bad-srtp") from exc
+    return lines
+
+
+def _offer_crypto(media: Media, policy: LegPolicy) -> CryptoAttribute | None:
+    """The offered a=crypto the gateway answers, or None for plain RTP (RFC 4568 7.1.2)."""
+    lines = _crypto_lines(media)
+    savp = media.proto in _SAVP
+    if savp and not lines:
+        raise NegotiationError(488, "RTP/SAVP Offer Without a=crypto", "bad-srtp")
+    if not lines or policy.srtp == "off":
+        if savp:
+            raise NegotiationError(488, "SRTP Not Allowed", "srtp-refused")
+        if policy.srtp == "mandatory":
+            raise NegotiationError(488, "SRTP Required", "srtp-required")
+        return None
+    if not policy.sdes_allowed:
+        if savp or policy.srtp == "mandatory":
+            raise NegotiationError(488, "SDES Keys Need TLS Signalling", "sdes-over-plain")
+        return None  # best-effort crypto over plain signalling: answer plain RTP
+    try:
+        chosen = choose_crypto(lines, policy.suites)
+    except SdesError as exc:
+        raise NegotiationError(488, f"Bad a=crypto: {exc}", "bad-srtp") from exc
+    if chosen is None:
+        if savp or policy.srtp == "mandatory":
+            raise NegotiationError(488, "No Acceptable Crypto Suite", "srtp-no-suite")
+        return None
+    return chosen
+
+
+def _codecs_of(media: Media) -> tuple[list[Codec], list[Codec], list[Codec]]:
+    fmtp = media.fmtp()
+    codecs: list[Codec] = []
+    events: list[Codec] = []
+    noise: list[Codec] = []
+    for pt, entry in media.rtpmap().items():
+        codec = _codec(entry, fmtp.get(pt))
+        name = entry.encoding.lower()
+        if name == "telephone-event":
+            events.append(codec)
+        elif name == "cn":
+            noise.append(codec)
+        else:
+            codecs.append(codec)
+    return codecs, events, noise
+
+
+def _codec(entry: RtpMap, fmtp: str | None) -> Codec:
+    return Codec(entry.encoding, entry.payload_type, entry.clock_rate, entry.channels, fmtp)
+
+
+def _offer_codecs(offered: _Offered, policy: LegPolicy, *, transcoding: bool) -> list[Codec]:
+    """Relayable codecs first (the offerer's, allowed here), then ones we transcode to."""
+    allowed = {name.lower() for name in policy.codecs}
+    sent = [c for c in offered.codecs if c.encoding.lower() in allowed]
+    can_decode = transcoding and any(c.key in _TRANSCODABLE_KEYS for c in offered.codecs)
+    used = {c.payload_type for c in [*offered.codecs, *offered.events, *offered.noise]}
+    if can_decode:
+        have = {c.key for c in sent}
+        for name in policy.codecs:
+            codec = _new_codec(name.lower(), used)
+            if codec is not None and codec.key not in have:
+                sent.append(codec)
+                have.add(codec.key)
+                used.add(codec.payload_type)
+    sent += _rides_along(offered, sent, used)
+    return sent
+
+
+def _rides_along(offered: _Offered, sent: list[Codec], used: set[int]) -> list[Codec]:
+    """telephone-event for each clock rate in the offer; CN when an 8 kHz codec is."""
+    extra: list[Codec] = []
+    rates = sorted({c.clock_rate for c in sent if c.encoding.lower() not in _AUXILIARY})
+    for rate in rates:
+        event = _with_rate(offered.events, rate)
+        if event is None:
+            event = Codec("telephone-event", _free_pt(used), rate, 1, _TELEPHONE_EVENT_FMTP)
+            used.add(event.payload_type)
+        extra.append(event)
+    if 8000 in rates:
+        noise = _with_rate(offered.noise, 8000) or Codec("CN", 13, 8000)
+        extra.append(noise)
+    return extra
+
+
+_TRANSCODABLE_KEYS = frozenset(TRANSCODABLE.items())
+
+
+def _new_codec(name: str, used: set[int]) -> Codec | None:
+    rate = TRANSCODABLE.get(name)
+    if rate is None:
+        return None
+    if name == "opus":
+        return Codec("opus", _free_pt(used, 111), 48000, 2, _OPUS_FMTP)
+    fmtp = "annexb=no" if name == "g729" else None
+    pt = _STATIC_PT[name]
+    return Codec(_CANONICAL[name], pt, rate, 1, fmtp)
+
+
+def _free_pt(used: set[int], preferred: int = 101) -> int:
+    """A dynamic payload type (RFC 3551 3: 96-127) not used in this description."""
+    candidates: list[int] = [preferred, *range(96, 128)]
+    for pt in candidates:
+        if pt not in used:
+            return pt
+    raise NegotiationError(488, "No Free Payload Type", "bad-sdp")
+
+
+def _match(codecs: Sequence[Codec], offered: Sequence[Codec]) -> Codec | None:
+    """The first of ``codecs`` (an answer's, in its order) that was offered."""
+    by_pt = {c.payload_type: c for c in offered}
+    for codec in codecs:
+        mine = by_pt.get(codec.payload_type)
+        if mine is not None and mine.key == codec.key:
+            return codec
+        if any(o.key == codec.key for o in offered):
+            return codec
+    return None
+
+
+def _same_codec(codecs: Sequence[Codec], wanted: Codec) -> Codec | None:
+    for codec in codecs:
+        if codec.key == wanted.key:
+            return codec
+    return None
+
+
+def _transcoding_choice(codecs: Sequence[Codec], policy: LegPolicy) -> Codec:
+    usable = [c for c in codecs if c.key in _TRANSCODABLE_KEYS]
+    allowed = {name.lower() for name in policy.codecs}
+    preferred = [c for c in usable if c.encoding.lower() in allowed]
+    choices = preferred or usable
+    if not choices:
+        raise NegotiationError(488, "No Common Codec", "no-common-codec")
+    return choices[0]
+
+
+def _with_rate(codecs: Sequence[Codec], rate: int) -> Codec | None:
+    for codec in codecs:
+        if codec.clock_rate == rate:
+            return codec
+    return None
+
+
+def _rtcp_port(media: Media, mux: bool) -> int:
+    if mux:
+        return media.port
+    return media.rtcp_port or media.port + 1
+
+
+def _describe(media: Media, codecs: Sequence[Codec]) -> None:
+    media.formats = [str(c.payload_type) for c in codecs]
+    for codec in codecs:
+        media.attributes.append(("rtpmap", codec.rtpmap()))
+        if codec.fmtp:
+            media.attributes.append(("fmtp", f"{codec.payload_type} {codec.fmtp}"))
+
+
+def _transport_attributes(media: Media, port: int, mux: bool, *, answer: bool = False) -> None:
+    # An offer names the RTCP port too, for a peer that does not take rtcp-mux (RFC 5761
+    # 5.1.1); an answer that muxes needs no a=rtcp.
+    if not (answer and mux):
+        media.attributes.append(("rtcp", str(port + 1)))
+    if mux:
+        media.attributes.append(("rtcp-mux", None))
+
+
+def _session(
+    origin: Origin, host: str, media: list[Media], times: Iterable[Timing]
+) -> SessionDescription:
+    return SessionDescription(
+        origin=origin,
+        session_name="-",
+        connection=Connection.for_address(host),
+        times=[Timing(t.start, t.stop) for t in times] or [Timing(0, 0)],
+        media=media,
+    )
