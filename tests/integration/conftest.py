@@ -16,6 +16,12 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from tests.integration.netns import (  # noqa: E402
+    EdgeTopology,
+    Topology,
+    edge_topology,
+    root_skip_reason,
+)
 from tests.integration.sipclient import (  # noqa: E402
     GatewaySettings,
     GatewayUnderTest,
@@ -53,3 +59,20 @@ async def gw(
 ) -> AsyncIterator[GatewayUnderTest]:
     async with running_gateway(short_tmp / "var", trunk.local[1], gateway_settings) as under_test:
         yield under_test
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    """Network namespaces for one test, all removed when it ends (skips unless root)."""
+    reason = root_skip_reason()
+    if reason is not None:
+        print(reason)
+        pytest.skip(reason)
+    with Topology() as made:
+        yield made
+
+
+@pytest.fixture
+def edge(topology: Topology) -> EdgeTopology:
+    """The gateway's namespace G linked to an app namespace A and a carrier namespace C."""
+    return edge_topology(topology)
