@@ -77,7 +77,8 @@ AudioLike = Audio | Path | str
 
 
 def read_wav(path: Path | str) -> Audio:
-    """A 16-bit PCM mono WAV file; SpeechError naming the file for anything else."""
+    """A 16-bit PCM WAV file as mono (stereo is averaged: Opus recordings are 2-channel);
+    SpeechError naming the file for anything else."""
     try:
         with wave.open(str(path), "rb") as wav:
             channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
@@ -86,9 +87,11 @@ def read_wav(path: Path | str) -> Audio:
         raise SpeechError(f"{path}: not a readable WAV file: {exc}") from exc
     if width != 2:
         raise SpeechError(f"{path}: expected 16-bit samples, got {8 * width}-bit")
-    if channels != 1:
-        raise SpeechError(f"{path}: expected mono, got {channels} channels")
+    if channels not in (1, 2):
+        raise SpeechError(f"{path}: expected mono or stereo, got {channels} channels")
     samples = np.frombuffer(frames, dtype="<i2").astype(np.float64)
+    if channels == 2:
+        samples = samples.reshape(-1, 2).mean(axis=1)
     return Audio(samples, rate, str(path))
 
 

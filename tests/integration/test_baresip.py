@@ -12,8 +12,10 @@ refuses loopback alone, has a real interface.
 sndfile module); the tests check the audio itself: each side's tone arrived for most of
 the call, and speech sent by 1001 scores a P.862 MOS-LQO close to what G.711 alone gives.
 
-SRTP and transcoding are being built: for now the clients send plain RTP with a codec
-they share. Switching to SRTP is `MEDIAENC = "srtp-mand"` below.
+The clients run with SRTP mandatory (SDES, so their SIP goes over TLS: the gateway
+refuses keys over plain signalling on a non-loopback listener), except one plain-RTP
+variant. They share a codec here, so the gateway relays without transcoding, decrypting
+with one leg's keys and encrypting with the other's.
 """
 
 from __future__ import annotations
@@ -55,12 +57,7 @@ pytestmark = [
     ),
 ]
 
-# The one word to change for SRTP (SDES) on both app legs: "srtp-mand". SDES keys travel
-# in SDP, which the gateway accepts only over TLS on a non-loopback listener, so the
-# clients then signal over TLS (to the gateway's self-signed certificate made in var/).
-MEDIAENC: str | None = None
-TRANSPORT: Literal["udp", "tls"] = "udp" if MEDIAENC is None else "tls"
-SIP_PORT = 5060 if TRANSPORT == "udp" else 5061
+SIP_PORTS = {"udp": 5060, "tls": 5061}
 USERS = ("1001", "1002")
 NUMBERS = {"1001": "+8613900139001", "1002": "+8613900139002"}
 # baresip binds TLS on its SIP port + 1: keep the two clients' ports apart.
@@ -83,11 +80,6 @@ def config_text(passwords: dict[str, str]) -> str:
         """
         for user in USERS
     )
-    tls_listener = (
-        f'{{ transport = "tls", host = "{GATEWAY_APP_ADDRESS}", port = {SIP_PORT} }}'
-        if TRANSPORT == "tls"
-        else ""
-    )
     # sip.auth_algorithms is left at its default (MD5 only), which baresip 1.0.0 needs.
     # The HTTP port is G's own loopback: nothing else runs in that namespace.
     return f"""
@@ -97,7 +89,7 @@ def config_text(passwords: dict[str, str]) -> str:
         [sip]
         listen = [
             {{ transport = "udp", host = "{GATEWAY_APP_ADDRESS}", port = 5060 }},
-            {tls_listener}
+            {{ transport = "tls", host = "{GATEWAY_APP_ADDRESS}", port = 5061 }},
         ]
         [media]
         host = "{GATEWAY_APP_ADDRESS}"
@@ -121,6 +113,12 @@ class CallLab:
         default_factory=lambda: {user: f"pw-{secrets.token_hex(8)}" for user in USERS}
     )
     gateway: GatewayProcess | None = None
+    # SRTP mandatory (SDES) over TLS signalling, or plain RTP over UDP.
+    mediaenc: str | None = "srtp-mand"
+
+    @property
+    def transport(self) -> Literal["udp", "tls"]:
+        return "udp" if self.mediaenc is None else "tls"
 
     def start_gateway(self) -> GatewayProcess:
         # Started from inside G: the process lives there, and the readiness ping too.
@@ -138,12 +136,12 @@ class CallLab:
             user=user,
             password=self.passwords[user],
             domain=GATEWAY_APP_ADDRESS,
-            outbound=(GATEWAY_APP_ADDRESS, SIP_PORT),
+            outbound=(GATEWAY_APP_ADDRESS, SIP_PORTS[self.transport]),
             sip_listen=(address, CLIENT_SIP_PORTS[user]),
             source=source,
             codecs=codecs,
-            mediaenc=MEDIAENC,
-            transport=TRANSPORT,
+            mediaenc=self.mediaenc,
+            transport=self.transport,
             namespace=self.edge.app,
         )
         self.stack.enter_context(client)
@@ -180,23 +178,34 @@ def lab(short_tmp: Path, edge: EdgeTopology) -> Iterator[CallLab]:
         yield CallLab(short_tmp, edge, stack)
 
 
-def check_media(client: Baresip, codec: Codec) -> None:
+def check_media(client: Baresip, codec: Codec, mediaenc: str | None) -> None:
     assert client.encoder() == codec, client.describe()
     assert client.decoder() == codec, client.describe()
-    if MEDIAENC is not None:
+    if mediaenc is not None:
         assert client.srtp_suites(), f"SRTP did not come up\n{client.describe()}"
         print(f"{client.user}: SRTP {', '.join(client.srtp_suites())}")
+    else:
+        assert not client.srtp_suites(), client.describe()
 
 
-def test_two_baresip_clients_hear_each_others_tone(lab: CallLab) -> None:
+@pytest.mark.parametrize(
+    ("mediaenc", "codec"),
+    [("srtp-mand", Codec("opus", 48000, 2)), (None, Codec("PCMU", 8000, 1))],
+    ids=["srtp-opus", "plain-pcmu"],
+)
+def test_two_baresip_clients_hear_each_others_tone(
+    lab: CallLab, mediaenc: str | None, codec: Codec
+) -> None:
+    lab.mediaenc = mediaenc
     lab.start_gateway()
-    callee = lab.client("1002", Sine(CALLEE_TONE), ("PCMU/8000/1",))
-    caller = lab.client("1001", Sine(CALLER_TONE), ("PCMU/8000/1",))
+    codecs = (f"{codec.name}/{codec.rate}/{codec.channels}",)
+    callee = lab.client("1002", Sine(CALLEE_TONE), codecs)
+    caller = lab.client("1001", Sine(CALLER_TONE), codecs)
     duration = lab.call(caller, callee, seconds=4.0)
 
     pairs = ((caller, callee, CALLER_TONE, CALLEE_TONE), (callee, caller, CALLEE_TONE, CALLER_TONE))
     for client, peer, own, other in pairs:
-        check_media(client, Codec("PCMU", 8000, 1))
+        check_media(client, codec, mediaenc)
         heard = read_wav(client.received_wav())
         sent = read_wav(peer.sent_wav())
         seconds = tone_seconds(heard, other)
@@ -233,7 +242,7 @@ def test_speech_through_the_relay_keeps_g711_quality(lab: CallLab) -> None:
     caller = lab.client("1001", WavFile(reference_path, 8000), ("PCMA/8000/1",))
     lab.call(caller, callee, seconds=reference.seconds + 3.0)
 
-    check_media(caller, Codec("PCMA", 8000, 1))
+    check_media(caller, Codec("PCMA", 8000, 1), lab.mediaenc)
     relayed = pesq_detail(reference, callee.received_wav(), "nb")
     codec_only = pesq_detail(reference, g711_round_trip(reference, "PCMA"), "nb")
     sent = pesq_detail(reference, caller.sent_wav(), "nb")

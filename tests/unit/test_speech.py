@@ -201,15 +201,24 @@ def test_rms_dbov_of_known_signals() -> None:
 # ---- WAV input -----------------------------------------------------------------------------
 
 
-def test_read_wav_refuses_stereo_8bit_and_garbage(tmp_path: Path) -> None:
+def test_read_wav_averages_stereo_and_refuses_more_channels_8bit_and_garbage(
+    tmp_path: Path,
+) -> None:
     stereo = tmp_path / "stereo.wav"
     with wave.open(str(stereo), "wb") as wav:
         wav.setnchannels(2)
         wav.setsampwidth(2)
         wav.setframerate(8000)
-        wav.writeframes(b"\0\0" * 200)
-    with pytest.raises(SpeechError, match=r"stereo.wav: expected mono, got 2 channels"):
-        read_wav(stereo)
+        wav.writeframes(np.array([100, 300] * 200, dtype="<i2").tobytes())
+    assert read_wav(stereo).samples.tolist() == [200.0] * 200
+    surround = tmp_path / "surround.wav"
+    with wave.open(str(surround), "wb") as wav:
+        wav.setnchannels(3)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(b"\0\0" * 300)
+    with pytest.raises(SpeechError, match=r"surround.wav: expected mono or stereo, got 3"):
+        read_wav(surround)
     narrow = tmp_path / "narrow.wav"
     with wave.open(str(narrow), "wb") as wav:
         wav.setnchannels(1)
