@@ -21,6 +21,7 @@ with one leg's keys and encrypting with the other's.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -69,7 +70,7 @@ CALLEE_TONE = 1000
 RELAY_PESQ_FLOOR = 4.2
 
 
-def config_text(passwords: dict[str, str]) -> str:
+def config_text(passwords: dict[str, str], trusted: tuple[str, ...] = ()) -> str:
     subscribers = "".join(
         f"""
         [[subscribers]]
@@ -96,6 +97,7 @@ def config_text(passwords: dict[str, str]) -> str:
         port_min = 30000
         port_max = 30099
         timeout = 10.0
+        sdes_trusted_networks = {list(trusted)!r}
         [http]
         listen = "127.0.0.1:8080"
         {subscribers}
@@ -115,16 +117,21 @@ class CallLab:
     gateway: GatewayProcess | None = None
     # SRTP mandatory (SDES) over TLS signalling, or plain RTP over UDP.
     mediaenc: str | None = "srtp-mand"
+    # Signalling other than that rule gives, and networks trusted with SDES over UDP/TCP.
+    signalling: Literal["udp", "tls"] | None = None
+    trusted: tuple[str, ...] = ()
 
     @property
     def transport(self) -> Literal["udp", "tls"]:
+        if self.signalling is not None:
+            return self.signalling
         return "udp" if self.mediaenc is None else "tls"
 
     def start_gateway(self) -> GatewayProcess:
         # Started from inside G: the process lives there, and the readiness ping too.
         with self.edge.gateway.entered():
             self.gateway = self.stack.enter_context(
-                gateway_process(self.tmp, config_text(self.passwords))
+                gateway_process(self.tmp, config_text(self.passwords, self.trusted))
             )
         return self.gateway
 
@@ -257,3 +264,27 @@ def test_speech_through_the_relay_keeps_g711_quality(lab: CallLab) -> None:
     assert relayed.score >= codec_only.score - 0.1
     # The other direction carried the callee's tone meanwhile.
     assert tone_seconds(read_wav(caller.received_wav()), CALLEE_TONE) >= 0.8 * reference.seconds
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "trusted-network"])
+def test_sdes_keys_over_plain_udp_are_refused_unless_the_network_is_trusted(
+    lab: CallLab, trusted: bool
+) -> None:
+    """SDES keys in SDP over UDP on a non-loopback listener: 488, or a call when trusted."""
+    lab.signalling = "udp"
+    lab.trusted = ("203.0.113.0/24",) if trusted else ()
+    gateway = lab.start_gateway()
+    codecs = ("PCMU/8000/1",)
+    callee = lab.client("1002", Sine(CALLEE_TONE), codecs)
+    caller = lab.client("1001", Sine(CALLER_TONE), codecs)
+    mark = caller.dial(f"sip:1002@{GATEWAY_APP_ADDRESS}")
+    if trusted:
+        caller.wait_established(since=mark)
+        callee.wait_established()
+        time.sleep(1.0)
+        caller.wait_terminated(since=caller.hangup())
+        assert caller.srtp_suites(), caller.describe()
+        return
+    caller.wait_for(r"488 SDES Keys Need TLS Signalling", since=mark)
+    cdrs = json.loads(gateway.cli("cdr", "--json").stdout)
+    assert [(c["end_reason"], c["sip_status"]) for c in cdrs] == [("sdes-over-plain", 488)]
