@@ -170,7 +170,10 @@ class MediaConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     opus_packet_loss: int = 5
     opus_dtx: bool = False
     # Adaptive jitter buffer of a transcoded leg, in seconds: start, floor and ceiling.
-    jitter_initial: float = 0.04
+    # It starts less than one 20 ms packet above the floor: a clean stream then never
+    # needs a packet dropped to come down to the floor (a drop costs about 0.15 PESQ),
+    # and a jittery one grows from there within its first second.
+    jitter_initial: float = 0.03
     jitter_min: float = 0.02
     jitter_max: float = 0.2
 

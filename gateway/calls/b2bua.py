@@ -27,7 +27,13 @@ import structlog
 import trio
 
 from gateway.calls.call import CallRecord, CallState
-from gateway.calls.call_media import CallMedia, app_policy, sdes_allowed, trunk_policy
+from gateway.calls.call_media import (
+    CallMedia,
+    app_policy,
+    sdes_allowed,
+    transcode_settings,
+    trunk_policy,
+)
 from gateway.calls.negotiation import LegPolicy, NegotiationError, Side
 from gateway.calls.registrar import destination_of
 from gateway.calls.router import AppRoute, TrunkRoute
@@ -204,6 +210,7 @@ class Call:
             {"a": self._caller_policy(), "b": self._callee_policy()},
             {"a": self.a.origin, "b": self.b.origin},
             call_id=self.record.id,
+            settings=transcode_settings(self.config.media),
         )
         self.ports: dict[str, tuple[int, int]] = {}
         self.branches: list[Branch] = []

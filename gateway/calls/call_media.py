@@ -8,12 +8,21 @@ the peers and gives it the leg's SRTP contexts and payload-type mapping.
 SRTP contexts are kept while a leg's keys stay the same (a re-INVITE that
 changes nothing must not restart libsrtp's packet indexes, RFC 3711 9.1);
 new keys get new contexts.
+
+When the plan's legs have different codecs, the session transcodes: one
+:class:`~gateway.media.codecs.AudioCodec` per leg (from the plan and the
+``[media]`` Opus settings, by :func:`~gateway.media.codecs.make_pair`), a
+:class:`~gateway.media.transcode.Transcoder` per direction, and the session's
+RTCP per leg. A re-INVITE that leaves the legs'
+formats as they were keeps the running transcoders (their SSRCs and sequence
+numbers go on); one that makes the codecs equal goes back to relaying.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -26,14 +35,23 @@ from gateway.calls.negotiation import (
     Negotiator,
     Side,
 )
-from gateway.config import Config, TrunkConfig
+from gateway.config import Config, MediaConfig, TrunkConfig
+from gateway.media.codecs import AudioCodec, OpusSettings, UnsupportedCodec, make_pair
 from gateway.media.relay import MediaSession
 from gateway.media.srtp import CryptoAttribute, SrtpReceiver, SrtpSender, SrtpSuite
+from gateway.media.transcode import JitterSettings, StreamFormat, Transcoder
 from gateway.sip.sdp import Origin
 from gateway.store.model import Subscriber
 from gateway.transport.flow import is_loopback
 
-__all__ = ["CallMedia", "app_policy", "sdes_allowed", "trunk_policy"]
+__all__ = [
+    "CallMedia",
+    "TranscodeSettings",
+    "app_policy",
+    "sdes_allowed",
+    "transcode_settings",
+    "trunk_policy",
+]
 
 log = structlog.get_logger("edgegw.media")
 
@@ -55,6 +73,32 @@ def sdes_allowed(config: Config, transport: str, peer_host: str) -> bool:
     return any(
         address in ipaddress.ip_network(network, strict=False)
         for network in config.media.sdes_trusted_networks
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TranscodeSettings:
+    """How a transcoded call encodes Opus, buffers jitter and times its RTCP."""
+
+    opus: OpusSettings = field(default_factory=OpusSettings)
+    jitter: JitterSettings = field(default_factory=JitterSettings)
+    rtcp_interval: float | None = None
+    """A fixed RTCP report interval (tests); None: RFC 3550's."""
+
+
+def transcode_settings(media: MediaConfig) -> TranscodeSettings:
+    """The transcoding settings of the ``[media]`` section."""
+    return TranscodeSettings(
+        opus=OpusSettings(
+            bitrate=media.opus_bitrate,
+            complexity=media.opus_complexity,
+            fec=media.opus_fec,
+            packet_loss_percent=media.opus_packet_loss,
+            dtx=media.opus_dtx,
+        ),
+        jitter=JitterSettings(
+            initial=media.jitter_initial, minimum=media.jitter_min, maximum=media.jitter_max
+        ),
     )
 
 
@@ -84,6 +128,7 @@ def trunk_policy(config: Config, trunk: TrunkConfig, *, secure: bool) -> LegPoli
         suites=_suites(config),
         rtcp_mux=config.media.rtcp_mux,
         ptime=trunk.ptime,
+        nat=False,
     )
 
 
@@ -102,17 +147,23 @@ class CallMedia:
         origins: dict[Side, Origin],
         *,
         call_id: str,
+        settings: TranscodeSettings | None = None,
     ) -> None:
         self.session = session
+        self.settings = settings or TranscodeSettings()
         self._policies = policies
         self._origins = origins
         self._call_id = call_id
         self._negotiator: Negotiator | None = None
-        self._contexts: dict[Side, tuple[CryptoAttribute | None, CryptoAttribute | None]] = {}
+        self._receivers: dict[Side, tuple[CryptoAttribute, SrtpReceiver]] = {}
+        self._senders: dict[Side, tuple[CryptoAttribute, SrtpSender]] = {}
         self.plan: MediaPlan | None = None
-        # Whether the media plane may transcode; until it can, offers carry only codecs
-        # the other leg offered, so the legs always share one.
-        self.transcoding = False
+        # Whether the negotiator may offer a leg codecs the other leg lacks (transcoding
+        # them); off, offers carry only codecs the other leg offered.
+        self.transcoding = True
+        # The formats the running transcoders were built for, to keep them across
+        # re-INVITEs that change nothing they depend on.
+        self._transcoded: tuple[StreamFormat, Codec, StreamFormat, Codec] | None = None
 
     def bind(self, ports: dict[str, tuple[int, int]]) -> None:
         """Make the negotiator once the session's ports are bound."""
@@ -123,6 +174,11 @@ class CallMedia:
             ports={"a": ports["a"][0], "b": ports["b"][0]},
             origins=self._origins,
         )
+        for side in ("a", "b"):
+            if not self._policies[side].nat:
+                # No latching to another host in the window: only the SDP host is the peer.
+                for stream in ("rtp", "rtcp"):
+                    self.session.state.endpoint(side, stream).symmetric_any_host = False
 
     @property
     def negotiator(self) -> Negotiator:
@@ -145,7 +201,28 @@ class CallMedia:
                 self.session.set_remote(side, host, rtp, rtcp)
             except ValueError as exc:
                 raise NegotiationError(488, "Unusable Media Address", "bad-sdp") from exc
+        self._expect_srtp(side)
         return offer
+
+    def _expect_srtp(self, side: Side) -> None:
+        """From the offer on, a leg that will be SRTP accepts only packets under its key.
+
+        Waiting for the answer would leave the leg plain while the call rings, and a
+        plain leg latches to the first source in its window: RTP Bleed.
+        """
+        crypto = self.negotiator.offered_crypto()
+        if crypto is None:
+            return
+        path = self.session.paths[side]
+        receiver = self._receiver(side, crypto)
+        if path.receiver is not receiver:
+            self.session.configure(
+                side,
+                rtcp_mux=path.rtcp_mux,
+                receiver=receiver,
+                sender=path.sender,
+                payload_types=path.payload_types,
+            )
 
     def answer(self, side: Side, body: bytes) -> bytes:
         """The answer from ``side``; the answer to send to the offerer. Applies the plan."""
@@ -157,9 +234,9 @@ class CallMedia:
         return self.negotiator.last_sent(side)
 
     def apply(self, plan: MediaPlan) -> None:
-        """Point the relay at both peers and give it each leg's keys and payload types."""
-        if plan.transcoding:
-            raise NegotiationError(488, "Transcoding Not Available", "no-common-codec")
+        """Point the relay at both peers, give it each leg's keys and payload types,
+        and transcode when the legs' codecs differ (relay when they are the same)."""
+        transcoders = self._transcoders(plan) if plan.transcoding else None
         sides: tuple[tuple[Side, Side], ...] = (("a", "b"), ("b", "a"))
         for side, _ in sides:
             self._set_remote(side, plan.leg(side))
@@ -171,8 +248,15 @@ class CallMedia:
                 rtcp_mux=mine.rtcp_mux,
                 receiver=receiver,
                 sender=sender,
-                payload_types=_payload_map(theirs, mine),
+                # Transcoded packets are made with the leg's own payload types.
+                payload_types={} if plan.transcoding else _payload_map(theirs, mine),
             )
+        if transcoders is not None:
+            self.session.start_transcoding(*transcoders, rtcp_interval=self.settings.rtcp_interval)
+        elif not plan.transcoding:
+            self._transcoded = None
+            self.session.stop_transcoding()
+        # else: transcoding already, for the same formats; the transcoders go on.
         self.plan = plan
         log.info(
             "media negotiated",
@@ -184,6 +268,30 @@ class CallMedia:
             transcoding=plan.transcoding,
         )
 
+    def _transcoders(self, plan: MediaPlan) -> tuple[Transcoder, Transcoder] | None:
+        """New transcoders (a to b, b to a) for ``plan``, or None to keep the running ones.
+
+        Raises NegotiationError (488) when a leg's codec cannot be transcoded.
+        """
+        a, b = _stream_format(plan.a), _stream_format(plan.b)
+        key = (a, plan.a.codec, b, plan.b.codec)
+        if key == self._transcoded and self.session.transcoding:
+            return None
+        codec_a, codec_b = self._codecs(plan)
+        jitter = self.settings.jitter
+        self._transcoded = key
+        return (
+            Transcoder(codec_a, codec_b, a, b, jitter=jitter),
+            Transcoder(codec_b, codec_a, b, a, jitter=jitter),
+        )
+
+    def _codecs(self, plan: MediaPlan) -> tuple[AudioCodec, AudioCodec]:
+        try:
+            return make_pair(plan.a.codec, plan.b.codec, self.settings.opus)
+        except UnsupportedCodec as exc:
+            log.warning("codec not transcodable", call=self._call_id, error=str(exc))
+            raise NegotiationError(488, "Codec Not Transcodable", "no-common-codec") from exc
+
     def _set_remote(self, side: Side, leg: LegMedia) -> None:
         if leg.host in ("0.0.0.0", "::"):
             return  # RFC 2543 hold: keep the latched peer, it simply stops sending
@@ -193,14 +301,30 @@ class CallMedia:
             raise NegotiationError(488, "Unusable Media Address", "bad-sdp") from exc
 
     def _srtp(self, side: Side, leg: LegMedia) -> tuple[SrtpReceiver | None, SrtpSender | None]:
-        path = self.session.paths[side]
-        keys = (leg.srtp_remote, leg.srtp_local)
-        if self._contexts.get(side) == keys:
-            return path.receiver, path.sender
-        self._contexts[side] = keys
-        receiver = None if leg.srtp_remote is None else SrtpReceiver(leg.srtp_remote)
-        sender = None if leg.srtp_local is None else SrtpSender(leg.srtp_local)
+        receiver = None if leg.srtp_remote is None else self._receiver(side, leg.srtp_remote)
+        sender = None if leg.srtp_local is None else self._sender(side, leg.srtp_local)
         return receiver, sender
+
+    def _receiver(self, side: Side, crypto: CryptoAttribute) -> SrtpReceiver:
+        # Kept while the key is the same: a fresh context would forget the replay window.
+        kept = self._receivers.get(side)
+        if kept is None or not _same_key(kept[0], crypto):
+            kept = (crypto, SrtpReceiver(crypto))
+            self._receivers[side] = kept
+        return kept[1]
+
+    def _sender(self, side: Side, crypto: CryptoAttribute) -> SrtpSender:
+        # Kept while the key is the same: a fresh context would reuse packet indexes.
+        kept = self._senders.get(side)
+        if kept is None or not _same_key(kept[0], crypto):
+            kept = (crypto, SrtpSender(crypto))
+            self._senders[side] = kept
+        return kept[1]
+
+
+def _same_key(one: CryptoAttribute, other: CryptoAttribute) -> bool:
+    """Same suite and master key: the tag is only the line's name in SDP."""
+    return one.suite == other.suite and one.keys == other.keys
 
 
 def _payload_map(source: LegMedia, target: LegMedia) -> dict[int, int]:
@@ -215,6 +339,15 @@ def _payload_map(source: LegMedia, target: LegMedia) -> dict[int, int]:
         if theirs is not None and mine is not None:
             mapping[theirs.payload_type] = mine.payload_type
     return mapping
+
+
+def _stream_format(leg: LegMedia) -> StreamFormat:
+    return StreamFormat(
+        payload_type=leg.codec.payload_type,
+        ptime=leg.ptime,
+        telephone_event=None if leg.telephone_event is None else leg.telephone_event.payload_type,
+        comfort_noise=None if leg.comfort_noise is None else leg.comfort_noise.payload_type,
+    )
 
 
 def _suite_of(leg: LegMedia) -> str:

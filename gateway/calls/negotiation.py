@@ -112,6 +112,9 @@ class LegPolicy:
     suites: tuple[SrtpSuite, ...] = DEFAULT_SUITES
     rtcp_mux: bool = True
     ptime: int = 20
+    # Whether the peer may sit behind NAT, so its media may come from another address
+    # than its SDP says (apps); a carrier's comes from its SDP host.
+    nat: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +255,10 @@ class Negotiator:
             return None
         offer = self._pending.offer
         return offer.host, offer.media.port, _rtcp_port(offer.media, offer.media.rtcp_mux)
+
+    def offered_crypto(self) -> CryptoAttribute | None:
+        """The pending offer's a=crypto the gateway accepted (the offerer's key), if any."""
+        return None if self._pending is None else self._pending.offer.crypto
 
     def policy(self, side: Side) -> LegPolicy:
         return self._legs[side].policy

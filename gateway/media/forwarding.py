@@ -12,6 +12,10 @@ touch the replay window); otherwise SRTP authentication (RFC 3711 3.3, RFC 7714)
 runs before latching, so only a packet that authenticates can teach the relay a
 peer's address. SRTP failures are counted by reason and never forwarded.
 
+The step is two halves: :func:`accept_packet` (source, SRTP, latching) and the
+forwarding after it. A transcoded call uses the first half alone and hands
+what it accepts to its transcoder (see :mod:`gateway.media.relay`).
+
 RFC 5761 4: on a multiplexed leg, RTCP is told from RTP by the second byte
 (packet types 192-223) and goes out on the other leg's RTCP port, or its RTP
 port when that leg multiplexes too.

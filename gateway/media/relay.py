@@ -23,19 +23,41 @@ what is queued (bounded, for fairness) after each readiness wake, and sends
 with the plain non-blocking socket call; ``trio.lowlevel.wait_readable`` and
 ``wait_writable`` do the waiting. The trio socket wrapper is not used there
 because it re-resolves the destination address on every ``sendto``.
+
+Transcoding mode (:meth:`MediaSession.start_transcoding`, when the legs' codecs
+differ): the pumps run the first half of the packet step
+(:func:`~gateway.media.forwarding.accept_packet`: strict source, SRTP
+unprotect, latching) and hand RTP to the leg's inbound
+:class:`~gateway.media.transcode.Transcoder` and RTCP to the leg's
+:class:`~gateway.media.rtcp_session.LegRtcp` instead of forwarding. One
+playout task per direction sleeps until the transcoder's next deadline, pulls
+the packets due, SRTP-protects them with the other leg's sender and sends them;
+one RTCP task per leg sends the gateway's reports. These tasks live in a cancel
+scope of their own inside the call's nursery, so switching back to relay
+(a re-INVITE that makes the codecs equal) or to a new transcoding set-up ends
+them without leaking. Transcoding runs on Trio's clock, whatever clock the
+session was given for latching.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from gateway.media.forwarding import LegPath, forward_packet
+from gateway.media.forwarding import (
+    LegPath,
+    accept_packet,
+    forward_packet,
+    protect,
+    srtp_drop_reason,
+)
 from gateway.media.latching import (
     Address,
     DropReason,
@@ -48,7 +70,9 @@ from gateway.media.latching import (
     open_window,
     rebind,
 )
-from gateway.media.srtp import SrtpReceiver, SrtpSender
+from gateway.media.rtcp_session import LegRtcp
+from gateway.media.srtp import SrtpDrop, SrtpReceiver, SrtpSender
+from gateway.media.transcode import Transcoder
 
 __all__ = [
     "LocalPorts",
@@ -229,6 +253,27 @@ def _endpoint_stats(endpoint: Endpoint, local: tuple[str, int] | None) -> dict[s
 _COUNTERS = ("packets_in", "bytes_in", "packets_out", "bytes_out")
 
 
+@dataclass(eq=False)
+class _Transcoding:
+    """One transcoding set-up: per leg the transcoder it feeds and its RTCP, and their tasks."""
+
+    inbound: dict[Leg, Transcoder]
+    rtcp: dict[Leg, LegRtcp]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    wake: dict[Leg, trio.Event] = field(
+        default_factory=lambda: {"a": trio.Event(), "b": trio.Event()}
+    )
+
+    def receive_rtp(self, leg: Leg, data: bytes, now: float) -> None:
+        """Feed the leg's transcoder; wake its playout task if work is now due sooner."""
+        transcoder = self.inbound[leg]
+        before = transcoder.next_deadline()
+        transcoder.push(data, now)
+        after = transcoder.next_deadline()
+        if after is not None and (before is None or after < before):
+            self.wake[leg].set()
+
+
 class MediaSession:
     """The relay of one call: legs "a" and "b", RTP and RTCP each.
 
@@ -263,6 +308,8 @@ class MediaSession:
         }
         # Both legs plain: the zero-copy loop; read per wake, so it must be a plain bool.
         self._plain = True
+        self._transcoding: _Transcoding | None = None
+        self._nursery: trio.Nursery | None = None
 
     @property
     def local_ports(self) -> LocalPorts:
@@ -342,7 +389,50 @@ class MediaSession:
         path.receiver = receiver
         path.sender = sender
         path.payload_types = dict(payload_types or {})
-        self._plain = self.paths["a"].plain and self.paths["b"].plain
+        self._update_mode()
+
+    def _update_mode(self) -> None:
+        self._plain = self._transcoding is None and self.paths["a"].plain and self.paths["b"].plain
+
+    @property
+    def transcoding(self) -> bool:
+        """Whether the session transcodes (else it relays)."""
+        return self._transcoding is not None
+
+    def start_transcoding(
+        self,
+        a_to_b: Transcoder,
+        b_to_a: Transcoder,
+        *,
+        rtcp_interval: float | None = None,
+    ) -> None:
+        """Transcode from now on: ``a_to_b`` takes leg a's RTP, ``b_to_a`` leg b's.
+
+        Replaces a running set-up (its tasks end). ``rtcp_interval`` fixes the
+        report interval (tests); by default it is RFC 3550's. Keys, rtcp-mux and
+        peers' addresses stay what :meth:`configure` and :meth:`set_remote` say.
+        """
+        if self._nursery is None:
+            raise RuntimeError("media session not started: open() or run() it first")
+        now = trio.current_time()
+        state = _Transcoding(
+            inbound={"a": a_to_b, "b": b_to_a},
+            rtcp={
+                "a": LegRtcp(a_to_b, b_to_a, now, fixed_interval=rtcp_interval),
+                "b": LegRtcp(b_to_a, a_to_b, now, fixed_interval=rtcp_interval),
+            },
+        )
+        self.stop_transcoding()
+        self._transcoding = state
+        self._update_mode()
+        self._nursery.start_soon(self._run_transcoding, state)
+
+    def stop_transcoding(self) -> None:
+        """Back to relaying (idempotent): the transcoding tasks end."""
+        state, self._transcoding = self._transcoding, None
+        if state is not None:
+            state.scope.cancel()
+        self._update_mode()
 
     def open_latch_window(self, leg: str) -> None:
         """Restart the latch window of ``leg`` if it has not latched yet.
@@ -374,6 +464,11 @@ class MediaSession:
                 for reason, count in stream_stats["drops"].items():
                     drops[reason] = drops.get(reason, 0) + count
             result[leg] = {**totals, "drops": drops, **streams}
+            if self._transcoding is not None:
+                result[leg]["transcoding"] = {
+                    "in": self._transcoding.inbound[leg].snapshot(),
+                    "rtcp": self._transcoding.rtcp[leg].snapshot(),
+                }
         return result
 
     def _endpoints(self) -> tuple[Endpoint, ...]:
@@ -387,6 +482,7 @@ class MediaSession:
         ports = self._bind()
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 self._start_pumps(nursery)
                 task_status.started(ports)
         finally:
@@ -400,6 +496,7 @@ class MediaSession:
         exited, so the sockets close only after their loops have ended.
         """
         ports = self._bind()
+        self._nursery = nursery
         self._start_pumps(nursery)
         return ports
 
@@ -446,6 +543,8 @@ class MediaSession:
         while True:
             if self._plain:
                 await self._pump_plain(rx, tx, src_ep, dst_ep)
+            elif self._transcoding is not None:
+                await self._pump_transcode(rx, leg, stream, self._transcoding)
             else:
                 await self._pump_secure(rx, leg, other, stream)
 
@@ -454,6 +553,8 @@ class MediaSession:
         src_path, dst_path = self.paths[leg], self.paths[other]
         buf = bytearray(_BUFFER_SIZE)
         await trio.lowlevel.wait_readable(rx)
+        if self._plain or self._transcoding is not None:
+            return  # switched while waiting: what is queued takes the new path
         now = self._clock()
         for _ in range(_BATCH):
             try:
@@ -472,6 +573,88 @@ class MediaSession:
                 out.destination,
                 dst_path.endpoint(out.stream),
             )
+
+    async def _pump_transcode(
+        self, rx: socket.socket, leg: Leg, stream: Stream, state: _Transcoding
+    ) -> None:
+        """One wake's worth of packets into the transcoding set-up ``state``."""
+        path = self.paths[leg]
+        buf = bytearray(_BUFFER_SIZE)
+        await trio.lowlevel.wait_readable(rx)
+        if self._transcoding is not state:
+            return  # switched while waiting: what is queued takes the new path
+        now = self._clock()
+        media_now = trio.current_time()
+        for _ in range(_BATCH):
+            try:
+                n, src = rx.recvfrom_into(buf, 0, socket.MSG_TRUNC)
+            except OSError:  # nothing queued, or a queued ICMP error
+                return
+            endpoint = path.endpoint(stream)
+            if n > _BUFFER_SIZE:
+                count_drop(endpoint, DropReason.TOO_LARGE)
+                continue
+            accepted = accept_packet(path, stream, bytes(buf[:n]), src, now)
+            if accepted is None:
+                continue
+            kind, clear = accepted
+            endpoint.packets_in += 1
+            endpoint.bytes_in += n
+            if kind == "rtp":
+                state.receive_rtp(leg, clear, media_now)
+            else:
+                state.rtcp[leg].receive(clear, media_now, time.time())
+
+    async def _run_transcoding(self, state: _Transcoding) -> None:
+        with state.scope:
+            async with trio.open_nursery() as nursery:
+                for leg in ("a", "b"):
+                    nursery.start_soon(self._playout, state, leg)
+                    nursery.start_soon(self._report, state, leg)
+
+    async def _playout(self, state: _Transcoding, leg: Leg) -> None:
+        """Send what leg ``leg``'s transcoder makes, to the other leg, when it is due."""
+        other: Leg = "b" if leg == "a" else "a"
+        transcoder = state.inbound[leg]
+        while True:
+            deadline = transcoder.next_deadline()
+            wake = state.wake[leg]
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await wake.wait()
+            if wake.is_set():
+                state.wake[leg] = trio.Event()
+            now = trio.current_time()
+            if deadline is not None and now >= deadline:
+                packets = transcoder.pull(now)
+                if packets:
+                    await self._send_generated(other, "rtp", packets)
+
+    async def _report(self, state: _Transcoding, leg: Leg) -> None:
+        """Send the gateway's RTCP reports on ``leg``."""
+        rtcp = state.rtcp[leg]
+        while True:
+            await trio.sleep_until(rtcp.next_deadline())
+            packet = rtcp.poll(trio.current_time(), time.time())
+            if packet is not None:
+                await self._send_generated(leg, "rtcp", [packet])
+
+    async def _send_generated(self, leg: Leg, stream: Stream, packets: list[bytes]) -> None:
+        """Protect (when the leg has SRTP) and send packets the gateway made, to ``leg``'s peer."""
+        path = self.paths[leg]
+        endpoint = path.endpoint(stream)
+        destination = endpoint.destination
+        if destination is None:
+            for _ in packets:
+                count_drop(endpoint, DropReason.NO_DESTINATION)
+            return
+        tx = self._socket(leg, "rtcp" if stream == "rtcp" and not path.rtcp_mux else "rtp")
+        for packet in packets:
+            try:
+                data = protect(path.sender, stream, packet)
+            except SrtpDrop as drop:
+                count_drop(endpoint, srtp_drop_reason(drop))
+                continue
+            await self._send(tx, data, destination, endpoint)
 
     async def _send(
         self, tx: socket.socket, data: bytes, destination: Address, dst_ep: Endpoint
