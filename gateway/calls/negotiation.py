@@ -165,8 +165,12 @@ class MediaPlan:
 
     @property
     def transcoding(self) -> bool:
-        """True when the legs use different codecs, so audio must be decoded and re-encoded."""
-        return self.a.codec.key != self.b.codec.key
+        """True when audio must be decoded and re-encoded: the legs' codecs differ, or
+        one leg has RFC 4733 telephone-event and the other has not (its DTMF must then
+        be heard as tones in the audio, and tones detected in it)."""
+        if self.a.codec.key != self.b.codec.key:
+            return True
+        return (self.a.telephone_event is None) != (self.b.telephone_event is None)
 
     def leg(self, side: Side) -> LegMedia:
         return self.a if side == "a" else self.b

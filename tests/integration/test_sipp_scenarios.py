@@ -496,7 +496,7 @@ def test_uas_answer_and_echo(runs: list[SippRun], tmp_path: Path) -> None:
     answer = client.received("SIP/2.0 200")[0]
     assert answer.header("Content-Type") == "application/sdp"
     assert sdp_media_address(answer.body) == (uas.media_ip, uas.media_port)
-    assert re.search(r"^m=audio \d+ RTP/AVP 8$", answer.body, re.MULTILINE), answer.body
+    assert re.search(r"^m=audio \d+ RTP/AVP 8 101$", answer.body, re.MULTILINE), answer.body
     assert client.sent("BYE") and not client.received("BYE")
 
 

@@ -269,3 +269,17 @@ def test_plan_sides() -> None:
     assert isinstance(plan, MediaPlan)
     assert plan.leg("a") is plan.a and plan.leg("b") is plan.b
     assert isinstance(parse_sdp(deal.last_sent("a") or b""), SessionDescription)
+
+
+def test_telephone_event_on_one_leg_only_needs_transcoding() -> None:
+    """The same codec, but the trunk has no RFC 4733: DTMF must become in-band tones."""
+    deal = negotiator()
+    deal.offer("a", sdp("m=audio 4000 RTP/AVP 8 101", "a=rtpmap:101 telephone-event/8000"))
+    _, with_events = deal.answer(
+        "b",
+        sdp("m=audio 6000 RTP/AVP 8 101", "a=rtpmap:101 telephone-event/8000", host="203.0.113.9"),
+    )
+    assert not with_events.transcoding
+    _, without = deal.answer("b", trunk_answer())
+    assert without.a.telephone_event is not None and without.b.telephone_event is None
+    assert without.transcoding
