@@ -22,6 +22,15 @@ The generator must keep up or the figures are wrong: it records how late each
 send was against its schedule and its own CPU use, and a report whose
 generator fell behind says so (:attr:`LoadReport.behind`).
 
+A transcoding relay makes new payloads, so no stamp survives it: a run with
+:attr:`Traffic.transcoded` sends, per direction, pre-encoded payloads of one
+codec in a loop (fresh sequence numbers and timestamps, so the generator spends
+no CPU encoding) and expects another payload type back. Such a direction counts
+what arrives by arrival time inside the window; since the relay keeps the
+packet rate (20 ms in, 20 ms out), a steady output gives as many packets in
+the window as were sent in it, and only packets that never came out (or came
+out in a burst after the window) count as lost. It has no latency figures.
+
 The generator runs in a child process (``python -m tests.bench.media_load``,
 a JSON spec on stdin, the sockets handed over with ``pass_fds``, a JSON report
 on stdout) pinned to its own core: :func:`run_load` does all of that.
@@ -30,6 +39,7 @@ on stdout) pinned to its own core: :func:`run_load` does all of that.
 from __future__ import annotations
 
 import array
+import base64
 import json
 import os
 import selectors
@@ -61,7 +71,9 @@ __all__ = [
     "GenStream",
     "LoadError",
     "LoadReport",
+    "Payloads",
     "Traffic",
+    "cpus_busy",
     "process_cpu",
     "rss_bytes",
     "run_load",
@@ -83,6 +95,10 @@ _SSRC_BASE = 0x5EED0000
 _LATE_SHARE = 0.25
 _BUSY_SHARE = 0.9
 _DIRECTIONS = ("a->b", "b->a")
+# An RTP payload that fits a 1500-byte Ethernet frame with IPv4, UDP, RTP and an SRTP tag.
+_MAX_PAYLOAD = 1400
+# RTCP packet types 192-223 (RFC 5761 4): what a relay's reports start with after the version.
+_RTCP_TYPES = (192, 223)
 
 
 class LoadError(RuntimeError):
@@ -116,13 +132,67 @@ class Codec:
 
 
 @dataclass(frozen=True)
+class Payloads:
+    """One direction of a transcoded stream: what the sending leg sends, what comes back.
+
+    ``payloads`` are pre-encoded packets of ``send_type`` (one codec), sent in a
+    loop with timestamps advancing by ``samples_per_packet`` (the send codec's RTP
+    clock); packets arriving on the other leg must have ``receive_type`` (the
+    codec the relay transcodes into), anything else counts as misrouted.
+    """
+
+    send_type: int
+    samples_per_packet: int
+    payloads: tuple[bytes, ...]
+    receive_type: int
+
+    def __post_init__(self) -> None:
+        for name, pt in (("send", self.send_type), ("receive", self.receive_type)):
+            if not 0 <= pt <= 127:
+                raise LoadError(f"{name} payload type {pt} is outside 0-127")
+        if self.samples_per_packet < 1:
+            raise LoadError(f"{self.samples_per_packet} samples per packet: must be positive")
+        if not self.payloads:
+            raise LoadError("no payloads to send")
+        for index, payload in enumerate(self.payloads):
+            if not 0 < len(payload) <= _MAX_PAYLOAD:
+                raise LoadError(
+                    f"payload {index} has {len(payload)} bytes: must be 1 to {_MAX_PAYLOAD}"
+                )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "send_type": self.send_type,
+            "samples_per_packet": self.samples_per_packet,
+            "payloads": [base64.b64encode(p).decode("ascii") for p in self.payloads],
+            "receive_type": self.receive_type,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Payloads:
+        payloads = tuple(base64.b64decode(p) for p in raw["payloads"])
+        return cls(
+            int(raw["send_type"]),
+            int(raw["samples_per_packet"]),
+            payloads,
+            int(raw["receive_type"]),
+        )
+
+
+@dataclass(frozen=True)
 class Traffic:
-    """The shape of a run: codec, warm-up, measurement window and linger (seconds)."""
+    """The shape of a run: codec, warm-up, measurement window and linger (seconds).
+
+    ``transcoded`` (A to B, B to A) makes both directions send pre-encoded
+    payloads and count by arrival time (see the module docstring); ``codec``
+    then gives only the packet rate.
+    """
 
     codec: Codec = field(default_factory=Codec)
     seconds: float = 8.0
     warmup: float = 1.0
     linger: float = 0.3
+    transcoded: tuple[Payloads, Payloads] | None = None
 
     def __post_init__(self) -> None:
         if self.seconds <= 0 or self.warmup < 0 or self.linger < 0:
@@ -200,10 +270,17 @@ class Direction:
     max_us: float
     srtp_failures: int
     misrouted: int
+    received_bytes: int = 0
+    """Payload bytes of the packets counted as received (RTP header and SRTP tag excluded)."""
 
     @property
     def loss(self) -> float:
         return 1.0 - self.received / self.sent if self.sent else 0.0
+
+    @property
+    def payload_bytes(self) -> float:
+        """Mean payload size of what arrived."""
+        return self.received_bytes / self.received if self.received else 0.0
 
 
 @dataclass(frozen=True)
@@ -222,6 +299,9 @@ class LoadReport:
     send_late_max_us: float
     send_errors: int
     behind: tuple[str, ...]
+    relay_core_busy: float | None = None
+    """Seconds the relay's CPUs (its affinity) were busy over the window, with anyone's
+    work (``/proc/stat``, 10 ms ticks): minus ``relay_cpu``, what others ran there."""
 
     @property
     def sent(self) -> int:
@@ -279,6 +359,21 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpus_busy(cpus: frozenset[int]) -> float:
+    """Seconds ``cpus`` have been busy since boot, with anyone's work (``/proc/stat``).
+
+    Busy is every field but idle and iowait (proc(5): user, nice, system, irq,
+    softirq and steal; guest time is in user already).
+    """
+    ticks = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+            ticks += user + nice + system + irq + softirq + steal
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` (``VmRSS`` of ``/proc/PID/status``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -310,7 +405,14 @@ def run_load(
         raise LoadError("no streams to generate")
     spec = {
         "codec": asdict(traffic.codec),
-        "traffic": {k: v for k, v in asdict(traffic).items() if k != "codec"},
+        "traffic": {
+            "seconds": traffic.seconds,
+            "warmup": traffic.warmup,
+            "linger": traffic.linger,
+        },
+        "transcoded": (
+            None if traffic.transcoded is None else [p.to_json() for p in traffic.transcoded]
+        ),
         "relay_pid": relay_pid,
         "streams": [{"a": s.a.spec(), "b": s.b.spec()} for s in streams],
     }
@@ -357,17 +459,23 @@ class _Tx:
 
 @dataclass(eq=False)
 class _Rx:
-    """One receiving socket: which direction, which SSRC to expect, how to unprotect."""
+    """One receiving socket: which direction, which SSRC to expect, how to unprotect.
+
+    ``receive_type`` is set for a transcoded direction: packets carry no stamp
+    and must have that payload type (their SSRC is the relay's own).
+    """
 
     sock: socket.socket
     direction: int
     ssrc: int
     receiver: SrtpReceiver | None
+    receive_type: int | None = None
 
 
 @dataclass
 class _Tally:
     received: int = 0
+    received_bytes: int = 0
     srtp_failures: int = 0
     misrouted: int = 0
     latency: array.array[int] = field(default_factory=lambda: array.array("q"))
@@ -378,6 +486,16 @@ class _Generator:
         self.codec = Codec(**spec["codec"])
         self.traffic = Traffic(codec=self.codec, **spec["traffic"])
         self.relay_pid: int | None = spec["relay_pid"]
+        self.relay_cpus = frozenset(
+            () if self.relay_pid is None else os.sched_getaffinity(self.relay_pid)
+        )
+        raw = spec.get("transcoded")
+        self.transcoded: tuple[Payloads, Payloads] | None = (
+            None if raw is None else (Payloads.from_json(raw[0]), Payloads.from_json(raw[1]))
+        )
+        types: tuple[int | None, int | None] = (None, None)
+        if self.transcoded is not None:
+            types = (self.transcoded[0].receive_type, self.transcoded[1].receive_type)
         self.tx: list[tuple[_Tx, _Tx]] = []
         self.rx: list[_Rx] = []
         for index, stream in enumerate(spec["streams"]):
@@ -389,8 +507,8 @@ class _Generator:
                     _Tx(b, _address(stream["b"]), self._packet(ssrc_ba), _sender(stream["b"])),
                 )
             )
-            self.rx.append(_Rx(b, 0, ssrc_ab, _receiver(stream["b"])))
-            self.rx.append(_Rx(a, 1, ssrc_ba, _receiver(stream["a"])))
+            self.rx.append(_Rx(b, 0, ssrc_ab, _receiver(stream["b"]), types[0]))
+            self.rx.append(_Rx(a, 1, ssrc_ba, _receiver(stream["a"]), types[1]))
         self.tallies = (_Tally(), _Tally())
         self.sent = [0, 0]
         self.lateness = array.array("q")
@@ -442,8 +560,9 @@ class _Generator:
     def _mark(self, cpu: dict[str, float], edge: str) -> None:
         if self.relay_pid is not None:
             cpu["relay" + edge] = process_cpu(self.relay_pid)
+            cpu["busy" + edge] = cpus_busy(self.relay_cpus)
         else:
-            cpu["relay" + edge] = 0.0
+            cpu["relay" + edge] = cpu["busy" + edge] = 0.0
         cpu["self" + edge] = time.process_time()
 
     def _send(self, index: int, cycle: int, due: int) -> None:
@@ -454,15 +573,20 @@ class _Generator:
         in_window = self.window_start <= first < self.window_end
         if in_window:
             self.lateness.append(max(0, first - due))
+        transcoded = self.transcoded
         for direction, tx in enumerate(self.tx[index]):
-            packet = tx.packet
             ssrc = _SSRC_BASE + 2 * index + direction
-            # Stamped per packet: the second one leaves after the first one's work.
-            _STAMPED.pack_into(packet, 2, seq, timestamp, ssrc, perf())
-            data: bytes | bytearray = packet
+            data: bytes | bytearray
+            if transcoded is None:
+                packet = tx.packet
+                # Stamped per packet: the second one leaves after the first one's work.
+                _STAMPED.pack_into(packet, 2, seq, timestamp, ssrc, perf())
+                data = packet
+            else:
+                data = _looped(transcoded[direction], index, cycle, ssrc)
             if tx.sender is not None:
                 try:
-                    data = tx.sender.protect_rtp(bytes(packet))
+                    data = tx.sender.protect_rtp(bytes(data))
                 except SrtpDrop as exc:
                     raise LoadError(
                         f"the generator could not protect its own packet: {exc}"
@@ -488,13 +612,18 @@ class _Generator:
                 continue
             arrived = perf()
             data: bytes | bytearray = buf
+            size = n
             if rx.receiver is not None:
                 try:
                     data = rx.receiver.unprotect_rtp(bytes(buf[:n]))
                 except SrtpDrop:
                     tally.srtp_failures += 1
                     continue
-            elif n < _RTP_HEADER + _STAMP_BYTES:
+                size = len(data)
+            if rx.receive_type is not None:
+                self._count_unstamped(rx.receive_type, tally, data, size, arrived)
+                continue
+            if size < _RTP_HEADER + _STAMP_BYTES:
                 tally.misrouted += 1
                 continue
             ssrc, stamp = _SSRC_STAMP.unpack_from(data, 8)
@@ -503,7 +632,26 @@ class _Generator:
                 continue
             if self.window_start <= stamp < self.window_end:
                 tally.received += 1
+                tally.received_bytes += size - _RTP_HEADER
                 tally.latency.append(arrived - stamp)
+
+    def _count_unstamped(
+        self, receive_type: int, tally: _Tally, data: bytes | bytearray, size: int, arrived: int
+    ) -> None:
+        """A transcoded packet: counted by when it arrived, if it has the expected type.
+
+        RTCP that a transcoding relay makes for the leg's port + 1 may land here (the
+        generator binds its sockets next to each other): told apart by its packet
+        type (RFC 5761 4) and ignored.
+        """
+        if size > 1 and _RTCP_TYPES[0] <= data[1] <= _RTCP_TYPES[1]:
+            return
+        if size <= _RTP_HEADER or data[1] & 0x7F != receive_type:
+            tally.misrouted += 1
+            return
+        if self.window_start <= arrived < self.window_end:
+            tally.received += 1
+            tally.received_bytes += size - _RTP_HEADER
 
     def _summary(self, cpu: dict[str, float]) -> dict[str, Any]:
         window = (self.window_end - self.window_start) / 1e9
@@ -522,6 +670,7 @@ class _Generator:
                     "max_us": peak,
                     "srtp_failures": tally.srtp_failures,
                     "misrouted": tally.misrouted,
+                    "received_bytes": tally.received_bytes,
                 }
             )
         merged = array.array("q", self.tallies[0].latency)
@@ -536,6 +685,9 @@ class _Generator:
             "p50_us": p50,
             "p99_us": p99,
             "relay_cpu": relay_cpu,
+            "relay_core_busy": (
+                cpu["busy1"] - cpu["busy0"] if self.relay_pid is not None else None
+            ),
             "generator_cpu": own_cpu,
             "send_late_p99_us": late_p99,
             "send_late_max_us": late_max,
@@ -557,6 +709,19 @@ class _Generator:
         if sent < 0.99 * expected:
             reasons.append(f"it sent {sent} of the {expected:.0f} packets due")
         return reasons
+
+
+def _looped(payloads: Payloads, index: int, cycle: int, ssrc: int) -> bytes:
+    """Packet ``cycle`` of stream ``index``; streams start at different points of the loop."""
+    loop = payloads.payloads
+    header = _HEADER.pack(
+        0x80,
+        payloads.send_type,
+        cycle & 0xFFFF,
+        (cycle * payloads.samples_per_packet) & 0xFFFFFFFF,
+        ssrc,
+    )
+    return header + loop[(cycle + 7 * index) % len(loop)]
 
 
 def _percentiles(samples: array.array[int]) -> tuple[float, float, float]:

@@ -14,13 +14,20 @@ import time
 import traceback
 from collections.abc import Callable
 
-from tests.bench import bench_call_setup, bench_g711, bench_relay, bench_srtp_relay
+from tests.bench import (
+    bench_call_setup,
+    bench_g711,
+    bench_relay,
+    bench_srtp_relay,
+    bench_transcode,
+)
 
 BENCHES: list[tuple[str, Callable[[], None]]] = [
     ("G.711 codec (bench_g711)", bench_g711.main),
     ("RTP relay (bench_relay)", lambda: bench_relay.main([])),
     ("call set-up, sipp (bench_call_setup)", lambda: bench_call_setup.main([])),
     ("SRTP and G.711 relay vs rtpengine (bench_srtp_relay)", lambda: bench_srtp_relay.main([])),
+    ("Opus<->G.711 transcoding vs rtpengine (bench_transcode)", lambda: bench_transcode.main([])),
 ]
 
 

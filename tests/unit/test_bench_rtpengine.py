@@ -3,8 +3,10 @@
 Bencode is checked against BEP 3's examples and rtpengine's documented ping;
 malformed input gets a BencodeError naming what was wrong. The ng client
 drives a real rtpengine daemon (skipped when it is not installed), including
-the SDES-on-one-leg set-up the relay benchmark relies on. The generator runs
-for real over loopback with its two sockets wired to each other (no relay).
+the SDES-on-one-leg set-up the relay benchmark relies on, and the transcoding
+set-up of the transcoding benchmark (offer masked to PCMA, answer in Opus). The
+generator runs for real over loopback with its two sockets wired to each other
+(no relay), stamped and with looped pre-encoded payloads.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.media.srtp import SrtpSuite, new_crypto, parse_crypto
-from tests.bench.media_load import Codec, GenStream, LoadError, Traffic, run_load
+from tests.bench.bench_transcode import RTPENGINE_FLAGS, app_sdp, carrier_sdp
+from tests.bench.media_load import (
+    Codec,
+    GenStream,
+    LoadError,
+    LoadReport,
+    Payloads,
+    Traffic,
+    run_load,
+)
 from tests.bench.rtpengine import (
     BencodeError,
     BValue,
@@ -152,6 +163,19 @@ def test_sdes_toward_a_and_plain_toward_b(engine: RtpEngine) -> None:
 
 
 @needs_rtpengine
+def test_transcoding_flags_mask_the_offer_to_pcma_and_answer_opus(engine: RtpEngine) -> None:
+    client = engine.client
+    flags: list[BValue] = list(RTPENGINE_FLAGS)
+    toward_b = client.offer(app_sdp(20010, None, 1), "test-transcode", "caller", {"flags": flags})
+    assert "m=audio" in toward_b and " RTP/AVP 8\r\n" in toward_b
+    assert "opus" not in toward_b
+    toward_a = client.answer(carrier_sdp(20012, 2), "test-transcode", "caller", "callee")
+    assert " RTP/AVP 111\r\n" in toward_a and "a=rtpmap:111 opus/48000/2" in toward_a
+    assert "PCMA" not in toward_a
+    client.delete("test-transcode", "caller")
+
+
+@needs_rtpengine
 def test_rtpengine_errors_carry_its_reason(engine: RtpEngine) -> None:
     with pytest.raises(NgError, match="refused 'query': Unknown call-id"):
         engine.client.query("no-such-call")
@@ -222,3 +246,66 @@ def test_generator_counts_packets_with_a_wrong_key_as_srtp_failures() -> None:
 def test_bad_traffic_parameters_are_refused(codec: dict[str, int], complaint: str) -> None:
     with pytest.raises(LoadError, match=complaint):
         Codec(**codec)  # type: ignore[arg-type]
+
+
+def _looped(stream: GenStream, a_to_b: Payloads, b_to_a: Payloads, seconds: float) -> LoadReport:
+    try:
+        _wire(stream)
+        traffic = Traffic(seconds=seconds, warmup=0.2, linger=0.1, transcoded=(a_to_b, b_to_a))
+        return run_load([stream], traffic, relay_pid=None, cores=None)
+    finally:
+        stream.close()
+
+
+def test_pre_encoded_payloads_are_looped_and_counted_by_arrival() -> None:
+    # No relay: what A sends arrives at B as sent, so each side expects the other's type.
+    opus_like = Payloads(111, 960, (b"\x01" * 40, b"\x02" * 60), receive_type=111)
+    pcma = Payloads(8, 160, (b"\xd5" * 160,), receive_type=8)
+    report = _looped(GenStream.bind(), opus_like, pcma, 0.6)
+    a_to_b, b_to_a = report.directions
+    for direction in report.directions:
+        # 50 pps x 0.6 s; arrivals counted in a window as long as the sending one.
+        assert 28 <= direction.sent <= 32
+        assert abs(direction.received - direction.sent) <= 1
+        assert direction.misrouted == 0
+        assert direction.p50_us == direction.p99_us == 0.0  # no stamp, no latency
+    assert 45 <= a_to_b.payload_bytes <= 55  # 40 and 60 bytes in turn
+    assert b_to_a.payload_bytes == 160
+
+
+def test_transcoded_packets_of_another_payload_type_count_as_misrouted() -> None:
+    # B expects PCMA (8) back but gets A's packets of type 111 unchanged.
+    a_to_b = Payloads(111, 960, (b"\x01" * 40,), receive_type=8)
+    b_to_a = Payloads(8, 160, (b"\xd5" * 160,), receive_type=8)
+    report = _looped(GenStream.bind(), a_to_b, b_to_a, 0.3)
+    wrong, right = report.directions
+    assert wrong.received == 0 and wrong.misrouted >= wrong.sent > 0
+    assert right.misrouted == 0 and right.received > 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "complaint"),
+    [
+        ({"payloads": ()}, "no payloads"),
+        ({"payloads": (b"",)}, "payload 0 has 0 bytes"),
+        ({"payloads": (b"x", b"y" * 1401)}, "payload 1 has 1401 bytes"),
+        ({"send_type": 128}, "send payload type 128"),
+        ({"receive_type": -1}, "receive payload type -1"),
+        ({"samples_per_packet": 0}, "must be positive"),
+    ],
+)
+def test_bad_payloads_are_refused(fields: dict[str, object], complaint: str) -> None:
+    given: dict[str, object] = {
+        "send_type": 111,
+        "samples_per_packet": 960,
+        "payloads": (b"x",),
+        "receive_type": 8,
+        **fields,
+    }
+    with pytest.raises(LoadError, match=complaint):
+        Payloads(**given)  # type: ignore[arg-type]
+
+
+def test_payloads_survive_the_json_spec() -> None:
+    payloads = Payloads(111, 960, (b"\x00\xff\x10", b"\x7f" * 200), receive_type=8)
+    assert Payloads.from_json(payloads.to_json()) == payloads
