@@ -12,6 +12,17 @@ leg and 2xx retransmission until the caller's ACK (RFC 3261 13.3.1.4), CANCEL
 (9.1, 9.2) both ways, BYE from either side, re-INVITE and UPDATE (RFC 3311)
 carried across with SDP rewritten, session timers (RFC 4028) per leg, media
 timeout, no-answer timeout (408), best-response choice over forks (16.7).
+
+Fax: a fax or modem tone heard on a transcoded call (reported by the media
+plane, :attr:`CallMedia.on_fax`) makes the call send a re-INVITE of its own to
+the leg that is not on G.711, offering only the other leg's G.711 codec; once
+answered the call relays (pass-through). A refusal leaves it transcoded. The
+gateway's own re-INVITEs wait while another offer/answer is under way on the
+call, and after a 491 wait as RFC 3261 14.1 says and try once more; a
+re-INVITE that arrives on a leg while ours is pending there gets 491 (14.2).
+A T.38 re-INVITE (or INVITE) is carried as T.38 (see
+:mod:`gateway.calls.negotiation`); when the other leg refuses it, the offerer
+gets 488 "T.38 Not Accepted By Other Leg" and the audio goes on.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import trio
 from gateway.calls.call import CallRecord, CallState
 from gateway.calls.call_media import (
     CallMedia,
+    FaxDetected,
     app_policy,
     sdes_allowed,
     transcode_settings,
@@ -100,6 +112,7 @@ class Leg:
     timer: SessionTimer | None = None
     peer_allows_update: bool = False
     busy: bool = False  # a re-INVITE/UPDATE of ours is in progress on this leg
+    offering: bool = False  # ... and it is the gateway's own offer (no other leg waits)
     bye_done: bool = False  # a BYE went or came on this leg
     acked: trio.Event = field(default_factory=trio.Event)
 
@@ -115,6 +128,31 @@ class Branch:
     final: int | None = None
     cancel_wanted: bool = False
     cancelled: bool = False
+
+
+@dataclass(eq=False)
+class FaxSwitch:
+    """What became of the fax tone a call heard (``edgegw calls`` shows it)."""
+
+    tone: str
+    heard_from: Side  # the leg whose peer sent the tone
+    leg: Side | None = None  # the leg offered G.711
+    outcome: str = "switching"  # pass-through | refused | not-possible | failed
+    status: int | None = None  # the refusing response's status
+    reason: str | None = None
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "tone": self.tone,
+            "heard_from": self.heard_from,
+            "leg": self.leg,
+            "outcome": self.outcome,
+            "status": self.status,
+            "reason": self.reason,
+        }
+
+
+T38_REFUSED = "T.38 Not Accepted By Other Leg"
 
 
 @dataclass(eq=False)
@@ -224,6 +262,13 @@ class Call:
         ](64)
         self._hold = False
         self._media_failure: NegotiationError | None = None
+        self._answered = trio.Event()
+        # Offer/answer exchanges under way (carried, refreshes, our own): the gateway's
+        # own offers wait for none (RFC 3261 14.1; and the negotiator holds one offer).
+        self._exchanges = 0
+        self._exchange_done = trio.Event()
+        self.fax: FaxSwitch | None = None
+        self.call_media.on_fax = self._on_fax
 
     # ---- plumbing ---------------------------------------------------------------------
 
@@ -286,6 +331,7 @@ class Call:
             "caller_call_id": record.caller_call_id,
             "callee_call_id": record.callee_call_id,
             "media": self.media.stats(),
+            "fax": None if self.fax is None else self.fax.summary(),
         }
 
     # ---- the call's life ---------------------------------------------------------------
@@ -572,6 +618,8 @@ class Call:
             return None
         best = best_status([b.final for b in self.branches if b.final is not None])
         mapped, reason = map_status(best)
+        if mapped == 488 and self.call_media.offering_t38:
+            reason = T38_REFUSED
         self._refuse(mapped, reason, "callee-timeout" if best == 408 else "callee-rejected")
         self.record.sip_status = best
         return False
@@ -648,6 +696,7 @@ class Call:
         self.media.open_latch_window("b")
         self.record.answer = time.time()
         self.record.state = CallState.ANSWERED
+        self._answered.set()
         self.b.acked.set()
         self._retransmit_until_ack(self.a, ok)
         log.info(
@@ -665,7 +714,7 @@ class Call:
         self._media_failure = None
         if response.body and _is_sdp(response):
             return self._answer("b", response.body)
-        if self.call_media.plan is not None:
+        if self.call_media.negotiated:
             return self.call_media.last_sent("a")
         return None
 
@@ -754,10 +803,12 @@ class Call:
         )
         self._finish_headers(request)
         leg.busy = True
+        self._exchange_started()
         try:
             final = await self._final_of(self.host.endpoint.send_request(request, leg.destination))
         finally:
             leg.busy = False
+            self._exchange_ended()
         if isinstance(final, TransactionTimeout):
             self.end("session-refresh-failed", 408)
             return
@@ -817,9 +868,22 @@ class Call:
 
     async def _carry_across(self, leg: Leg, request: Request, server: ServerHandle) -> None:
         """A re-INVITE/UPDATE/INFO from one leg becomes the same request on the other."""
+        offer_answer = request.method in ("INVITE", "UPDATE")
+        if offer_answer:
+            self._exchange_started()
+        try:
+            await self._carry(leg, request, server)
+        finally:
+            if offer_answer:
+                self._exchange_ended()
+
+    async def _carry(self, leg: Leg, request: Request, server: ServerHandle) -> None:
         other = self.other(leg)
         if other.busy or other.dialog is None or other.destination is None:
             server.reply(491, "Request Pending")  # RFC 3261 14.1 glare
+            return
+        if leg.offering and request.method in ("INVITE", "UPDATE"):
+            server.reply(491, "Request Pending")  # 14.2: our own offer is pending on it
             return
         body, content_type = self._carried_body(leg, other, request)
         if body is None:
@@ -849,7 +913,8 @@ class Call:
             )
         finally:
             other.busy = False
-        self._relay_final(leg, other, request, server, final)
+        offered = content_type == "application/sdp"
+        self._relay_final(leg, other, request, server, final, offered=offered)
 
     def _carried_body(
         self, leg: Leg, other: Leg, request: Request
@@ -874,17 +939,37 @@ class Call:
         request: Request,
         server: ServerHandle,
         final: Response | TransactionTimeout,
+        *,
+        offered: bool = False,
     ) -> None:
+        """``offered``: the request carried an SDP offer, now pending toward ``other``."""
+        t38 = offered and self.call_media.offering_t38
         if isinstance(final, TransactionTimeout):
+            if offered:
+                self.call_media.withdraw(other.name)
             server.reply(408, "Request Timeout")
             return
         if request.method == "INVITE" and 200 <= final.status < 300:
             assert other.dialog is not None and other.destination is not None
             self.host.endpoint.send_ack(other.dialog.create_ack(final.cseq.seq), other.destination)
+        if offered and final.status >= 300:
+            # RFC 3264 8 / RFC 3261 14.1: a refused offer leaves the session as it was.
+            self.call_media.withdraw(other.name)
+            if t38 and final.status in (415, 488, 606):
+                log.info("t38 refused", call=self.id, by=other.name, status=final.status)
+                server.respond(make_response(request, 488, T38_REFUSED))
+                return
         response = make_response(request, final.status, final.reason)
         if 200 <= final.status < 300:
             self._a_contact(response) if leg is self.a else self._b_contact(response)
             answer = self._answer(other.name, final.body) if final.body and _is_sdp(final) else None
+            if t38 and answer is None:
+                # It said 2xx but refused the image stream (port 0): that leg has no
+                # media now, so it gets its audio back in an offer of ours.
+                log.info("t38 refused", call=self.id, by=other.name, status=final.status)
+                server.respond(make_response(request, 488, T38_REFUSED))
+                self._nursery_spawn(self._restore_audio, other)
+                return
             if answer is not None:
                 response.body = answer
                 response.headers.set("Content-Type", "application/sdp")
@@ -906,6 +991,152 @@ class Call:
             if not leg.acked.is_set():
                 self.host.endpoint.resend_response(server, ok)
                 interval = min(interval * 2, t2)
+
+    # ---- offers of the gateway's own: fax pass-through, audio back after T.38 ----------------
+
+    def _exchange_started(self) -> None:
+        self._exchanges += 1
+
+    def _exchange_ended(self) -> None:
+        self._exchanges -= 1
+        self._exchange_done.set()
+        self._exchange_done = trio.Event()
+
+    async def _until_quiet(self) -> bool:
+        """Wait until no offer/answer is under way and both legs' INVITEs are acknowledged
+        (RFC 3261 14.1: no INVITE while another is in progress on the dialog); False if
+        that takes longer than a transaction may last (64*T1)."""
+        with trio.move_on_after(64 * self.config.sip.t1):
+            while True:
+                if self._exchanges:
+                    await self._exchange_done.wait()
+                elif not self.a.acked.is_set():
+                    await self.a.acked.wait()
+                elif not self.b.acked.is_set():
+                    await self.b.acked.wait()
+                else:
+                    return True
+        return False
+
+    async def _gateway_offer(
+        self, make: Callable[[], tuple[Side, bytes]]
+    ) -> tuple[Leg, Response | TransactionTimeout] | NegotiationError:
+        """Send the offer ``make`` gives (its leg and body) in a re-INVITE of our own.
+
+        Waits while another offer/answer is under way; after a 491 waits as RFC 3261
+        14.1 says and tries once more (``make`` is asked again: the call may have
+        changed). A refused offer is withdrawn; a 408 or 481 ends the call (12.2.1.2:
+        the dialog is gone). Returns the leg and its final response (its 2xx is
+        acknowledged), or the NegotiationError that says why nothing was sent.
+        """
+        retried = False
+        while True:
+            if not await self._until_quiet():
+                return NegotiationError(491, "Offer/Answer Still Under Way", "glare")
+            try:
+                side, body = make()
+            except NegotiationError as exc:
+                return exc
+            leg = self.leg(side)
+            final = await self._send_reinvite(leg, body)
+            if isinstance(final, Response) and 200 <= final.status < 300:
+                return leg, final
+            self.call_media.withdraw(side)
+            if isinstance(final, TransactionTimeout) or final.status in (408, 481):
+                status = 408 if isinstance(final, TransactionTimeout) else final.status
+                self.end("reinvite-failed", status)
+                return leg, final
+            if final.status != 491 or retried:
+                return leg, final
+            retried = True
+            await trio.sleep(_glare_backoff(owner=leg is self.b))
+
+    async def _send_reinvite(self, leg: Leg, body: bytes) -> Response | TransactionTimeout:
+        assert leg.dialog is not None and leg.destination is not None
+        extra = leg.timer.request_headers() if leg.timer is not None else []
+        request = leg.dialog.create_request(
+            "INVITE", body=body, content_type="application/sdp", extra=extra
+        )
+        self._finish_headers(request)
+        leg.busy = leg.offering = True
+        self._exchange_started()
+        try:
+            final = await self._final_of(self.host.endpoint.send_request(request, leg.destination))
+        finally:
+            leg.busy = leg.offering = False
+            self._exchange_ended()
+        if isinstance(final, Response) and 200 <= final.status < 300:
+            self.host.endpoint.send_ack(leg.dialog.create_ack(final.cseq.seq), leg.destination)
+            if leg.timer is not None:  # a re-INVITE refreshes the session too (RFC 4028)
+                _apply_session_expires(leg.timer, final)
+                leg.timer.refreshed(trio.current_time())
+        return final
+
+    def _take_answer(self, leg: Leg, final: Response) -> NegotiationError | None:
+        """Apply ``leg``'s answer (in a 2xx) to an offer of ours; the error if unusable."""
+        if not final.body or not _is_sdp(final):
+            return NegotiationError(488, "2xx To An Offer Without SDP", "bad-sdp")
+        try:
+            self.call_media.answer(leg.name, final.body)
+        except NegotiationError as exc:
+            return exc
+        return None
+
+    def _on_fax(self, event: FaxDetected) -> None:
+        """The media plane heard a fax or modem tone (once per call)."""
+        log.info("fax detected", call=self.id, heard_from=event.side, tone=event.tone.value)
+        self.fax = FaxSwitch(tone=event.tone.value, heard_from=event.side)
+        if self._nursery is not None and not self.ended.is_set():
+            self._nursery.start_soon(self._fax_passthrough, self.fax)
+
+    async def _fax_passthrough(self, fax: FaxSwitch) -> None:
+        """Move the call to G.711 pass-through: the non-G.711 leg is offered G.711."""
+        await self._answered.wait()
+        result = await self._gateway_offer(self.call_media.fax_reoffer)
+        if isinstance(result, NegotiationError):
+            fax.outcome, fax.reason = "not-possible", result.reason
+            log.info("fax pass-through not possible", call=self.id, reason=result.reason)
+            return
+        leg, final = result
+        fax.leg = leg.name
+        if isinstance(final, TransactionTimeout) or final.status >= 300:
+            status = 408 if isinstance(final, TransactionTimeout) else final.status
+            fax.outcome, fax.status = "refused", status
+            fax.reason = None if isinstance(final, TransactionTimeout) else final.reason
+            log.warning(
+                "fax pass-through refused: the call stays transcoded",
+                call=self.id,
+                leg=leg.name,
+                status=status,
+            )
+            return
+        failure = self._take_answer(leg, final)
+        if failure is not None:
+            fax.outcome, fax.reason = "failed", failure.reason
+            log.warning("fax pass-through answer unusable", call=self.id, reason=failure.reason)
+            self.end("fax-bad-answer", failure.status)
+            return
+        fax.outcome = "pass-through"
+        log.info("fax pass-through", call=self.id, leg=leg.name, tone=fax.tone)
+
+    async def _restore_audio(self, leg: Leg) -> None:
+        """``leg`` took an offer with a 2xx but refused its stream: give it its audio back."""
+
+        def offer() -> tuple[Side, bytes]:
+            return leg.name, self.call_media.restore_offer(leg.name)
+
+        result = await self._gateway_offer(offer)
+        if isinstance(result, NegotiationError):
+            log.warning("audio not restored", call=self.id, leg=leg.name, reason=result.reason)
+            return
+        _, final = result
+        if isinstance(final, TransactionTimeout) or final.status >= 300:
+            log.warning("audio restore refused", call=self.id, leg=leg.name)
+            return
+        failure = self._take_answer(leg, final)
+        if failure is not None:
+            log.warning("audio restore answer unusable", call=self.id, reason=failure.reason)
+            self.end("callee-bad-sdp" if leg is self.b else "caller-bad-sdp", failure.status)
 
     def _b_contact(self, response: Response) -> None:
         destination = self.b.destination
@@ -936,6 +1167,13 @@ def _on_hold(sdp: SessionDescription) -> bool:
             held_address = connection is not None and connection.address in ("0.0.0.0", "::")
             return held_address or media.direction in ("sendonly", "inactive")
     return False
+
+
+def _glare_backoff(*, owner: bool) -> float:
+    """RFC 3261 14.1: after a 491, 2.1 to 4 s for the Call-ID's owner, else 0 to 2 s,
+    in units of 10 ms."""
+    tens = 210 + secrets.randbelow(191) if owner else secrets.randbelow(201)
+    return tens / 100
 
 
 def _apply_session_expires(timer: SessionTimer, response: Response) -> None:

@@ -16,12 +16,24 @@ When the plan's legs have different codecs, the session transcodes: one
 RTCP per leg. A re-INVITE that leaves the legs'
 formats as they were keeps the running transcoders (their SSRCs and sequence
 numbers go on); one that makes the codecs equal goes back to relaying.
+
+Fax and modem calls: each transcoder's decoded audio passes a
+:class:`~gateway.media.fax.FaxListener` (a PCM tap). The first fax or modem
+tone heard on the call is reported once through :attr:`CallMedia.on_fax`; the
+call then asks :meth:`CallMedia.fax_reoffer` for the offer that moves the
+non-G.711 leg to the G.711 leg's codec, and once that is answered the plan is
+a pass-through one: relayed, so no jitter buffer, decoding or concealment
+touches the fax. The media plane only reports; the SIP is the call's.
+
+T.38 (:class:`~gateway.calls.negotiation.T38Plan`): both legs' sockets carry
+UDPTL in the relay's datagram mode, with no RTCP and no SRTP, until an audio
+answer comes again.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -34,11 +46,14 @@ from gateway.calls.negotiation import (
     NegotiationError,
     Negotiator,
     Side,
+    T38Plan,
 )
 from gateway.config import Config, MediaConfig, TrunkConfig
 from gateway.media.codecs import AudioCodec, OpusSettings, UnsupportedCodec, make_pair
+from gateway.media.fax import FaxListener
 from gateway.media.relay import MediaSession
 from gateway.media.srtp import CryptoAttribute, SrtpReceiver, SrtpSender, SrtpSuite
+from gateway.media.tones import FaxTone
 from gateway.media.transcode import JitterSettings, StreamFormat, Transcoder
 from gateway.sip.sdp import Origin
 from gateway.store.model import Subscriber
@@ -46,6 +61,7 @@ from gateway.transport.flow import is_loopback
 
 __all__ = [
     "CallMedia",
+    "FaxDetected",
     "TranscodeSettings",
     "app_policy",
     "sdes_allowed",
@@ -54,6 +70,16 @@ __all__ = [
 ]
 
 log = structlog.get_logger("edgegw.media")
+
+_G711 = frozenset({"pcma", "pcmu"})
+
+
+@dataclass(frozen=True, slots=True)
+class FaxDetected:
+    """The first fax or modem tone of a call: which leg's peer sent it, and what it was."""
+
+    side: Side
+    tone: FaxTone
 
 
 def sdes_allowed(config: Config, transport: str, peer_host: str) -> bool:
@@ -164,6 +190,13 @@ class CallMedia:
         # The formats the running transcoders were built for, to keep them across
         # re-INVITEs that change nothing they depend on.
         self._transcoded: tuple[StreamFormat, Codec, StreamFormat, Codec] | None = None
+        self.t38: T38Plan | None = None
+        """The T.38 session while fax goes over UDPTL (then :attr:`plan` is the old audio)."""
+        self.on_fax: Callable[[FaxDetected], None] | None = None
+        """Told of the first fax or modem tone, once per call, from inside the media path:
+        it must only note it (and start work elsewhere), never switch media itself."""
+        self.fax: FaxDetected | None = None
+        self._listeners: list[FaxListener] = []
 
     def bind(self, ports: dict[str, tuple[int, int]]) -> None:
         """Make the negotiator once the session's ports are bound."""
@@ -194,7 +227,8 @@ class CallMedia:
         """
         offer = self.negotiator.offer(side, body)
         address = self.negotiator.offered_media()
-        assert address is not None  # offer() just recorded it
+        if address is None:
+            return offer  # T.38: the audio goes on as it is until the other leg takes it
         host, rtp, rtcp = address
         if host not in ("0.0.0.0", "::"):
             try:
@@ -226,12 +260,80 @@ class CallMedia:
 
     def answer(self, side: Side, body: bytes) -> bytes:
         """The answer from ``side``; the answer to send to the offerer. Applies the plan."""
+        if self.negotiator.pending_t38:
+            answer, t38 = self.negotiator.answer_t38(side, body)
+            self.apply_t38(t38)
+            return answer
         answer, plan = self.negotiator.answer(side, body)
         self.apply(plan)
         return answer
 
     def last_sent(self, side: Side) -> bytes | None:
         return self.negotiator.last_sent(side)
+
+    @property
+    def negotiated(self) -> bool:
+        """Whether an offer/answer has completed (audio or T.38)."""
+        return self.plan is not None or self.t38 is not None
+
+    @property
+    def offering_t38(self) -> bool:
+        """Whether the offer waiting for its answer is T.38."""
+        return self.negotiator.pending_t38
+
+    def withdraw(self, side: Side) -> None:
+        """The offer sent toward ``side`` was refused: the media stays as it was."""
+        self.negotiator.withdraw(side)
+
+    def fax_reoffer(self) -> tuple[Side, bytes]:
+        """The offer that moves a transcoded call to G.711 pass-through, and its leg.
+
+        The leg that is not on G.711 (the app's, as a rule) is offered the other
+        leg's G.711 codec alone, with telephone-event when that leg has it, and keeps
+        its SRTP key. Raises NegotiationError when there is nothing to do (the call
+        relays already, carries T.38) or no leg is on G.711.
+        """
+        plan = self.plan
+        if plan is None or self.t38 is not None or not plan.transcoding:
+            raise NegotiationError(488, "Call Is Not Transcoded", "fax-not-transcoded")
+        source: Side | None = next(
+            (s for s in ("b", "a") if plan.leg(s).codec.encoding.lower() in _G711), None
+        )
+        if source is None:
+            raise NegotiationError(488, "No G.711 Leg For Fax Pass-Through", "fax-no-g711")
+        target: Side = "a" if source == "b" else "b"
+        kept = plan.leg(source)
+        codecs = [kept.codec]
+        if kept.telephone_event is not None:
+            codecs.append(kept.telephone_event)
+        return target, self.negotiator.reoffer(target, codecs, passthrough=True)
+
+    def restore_offer(self, side: Side) -> bytes:
+        """An offer giving ``side`` back the audio it had (it refused the stream of an
+        offer it still said 2xx to, e.g. T.38 with port 0, and has no media now)."""
+        plan = self.plan
+        if plan is None:
+            raise NegotiationError(488, "No Audio Session To Re-Offer", "no-audio")
+        mine = plan.leg(side)
+        codecs = [
+            c for c in (mine.codec, mine.telephone_event, mine.comfort_noise) if c is not None
+        ]
+        return self.negotiator.reoffer(side, codecs)
+
+    def apply_t38(self, plan: T38Plan) -> None:
+        """Carry UDPTL between the legs' T.38 peers as it is: no transcoding, no SRTP."""
+        self._transcoded = None
+        self.session.stop_transcoding()
+        for side in ("a", "b"):
+            leg = plan.leg(side)
+            try:
+                # UDPTL has no RTCP: the RTCP port forgets its peer until audio is back.
+                self.session.set_remote(side, leg.host, leg.port, 0)
+            except ValueError as exc:
+                raise NegotiationError(488, "Unusable Media Address", "bad-sdp") from exc
+            self.session.configure(side, datagrams=True)
+        self.t38 = plan
+        log.info("t38 negotiated", call=self._call_id, port_a=plan.a.port, port_b=plan.b.port)
 
     def apply(self, plan: MediaPlan) -> None:
         """Point the relay at both peers, give it each leg's keys and payload types,
@@ -258,6 +360,7 @@ class CallMedia:
             self.session.stop_transcoding()
         # else: transcoding already, for the same formats; the transcoders go on.
         self.plan = plan
+        self.t38 = None
         log.info(
             "media negotiated",
             call=self._call_id,
@@ -266,6 +369,7 @@ class CallMedia:
             srtp_a=_suite_of(plan.a),
             srtp_b=_suite_of(plan.b),
             transcoding=plan.transcoding,
+            passthrough=plan.passthrough,
         )
 
     def _transcoders(self, plan: MediaPlan) -> tuple[Transcoder, Transcoder] | None:
@@ -280,10 +384,34 @@ class CallMedia:
         codec_a, codec_b = self._codecs(plan)
         jitter = self.settings.jitter
         self._transcoded = key
-        return (
-            Transcoder(codec_a, codec_b, a, b, jitter=jitter),
-            Transcoder(codec_b, codec_a, b, a, jitter=jitter),
-        )
+        self._listeners.clear()  # the running transcoders and their taps are replaced
+        a_to_b = Transcoder(codec_a, codec_b, a, b, jitter=jitter)
+        b_to_a = Transcoder(codec_b, codec_a, b, a, jitter=jitter)
+        self._listen_for_fax(a_to_b, "a")
+        self._listen_for_fax(b_to_a, "b")
+        return a_to_b, b_to_a
+
+    def _listen_for_fax(self, transcoder: Transcoder, side: Side) -> None:
+        """Tap the decoded audio of ``side``'s peer for fax and modem tones."""
+        if self.fax is not None:
+            return  # once per call
+
+        def heard(tone: FaxTone) -> None:
+            self._fax_heard(side, tone)
+
+        listener = FaxListener(transcoder.decoder.pcm_rate, heard)
+        transcoder.pcm_taps.append(listener)
+        self._listeners.append(listener)
+
+    def _fax_heard(self, side: Side, tone: FaxTone) -> None:
+        if self.fax is not None:
+            return
+        for listener in self._listeners:
+            listener.stop()
+        self._listeners.clear()
+        self.fax = FaxDetected(side, tone)
+        if self.on_fax is not None:
+            self.on_fax(self.fax)
 
     def _codecs(self, plan: MediaPlan) -> tuple[AudioCodec, AudioCodec]:
         try:

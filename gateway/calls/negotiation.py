@@ -23,6 +23,22 @@ its payload type, telephone-event and CN payload types, ptime, rtcp-mux and the
 two SRTP keys (ours, which protects what we send, and the peer's); and whether
 the call needs transcoding. Only the first live audio stream is carried; other
 streams are refused with port 0 (RFC 3264 6).
+
+Fax over T.38 (ITU-T T.38 Annex D, ``m=image <port> udptl t38``, RFC 3362): an
+offer whose only live stream is T.38 is offered on to the other leg as T.38,
+with the same T38* attributes and the gateway's address and port (RFC 3264
+8.3.3: the stream changes its media type in place), and answered with what the
+other leg answered (:meth:`Negotiator.answer_t38`, a :class:`T38Plan`). If the
+other leg refuses it (a failure response, or port 0), the offerer gets 488 and
+the audio goes on as it was. An offer with live audio and T.38 is taken as
+audio, and its image stream refused with port 0. UDPTL carries no SRTP, so a
+leg whose policy makes SRTP mandatory never gets or gives T.38.
+
+The gateway also makes offers of its own (:meth:`Negotiator.reoffer`): toward
+one leg, restricted to given codecs, keeping that leg's SRTP key (the same
+a=crypto line), the other leg untouched. A fax heard on a transcoded call uses
+it to move the call to G.711 pass-through. A refused offer is withdrawn
+(:meth:`Negotiator.withdraw`, RFC 3264 8: the session stays as it was).
 """
 
 from __future__ import annotations
@@ -41,6 +57,7 @@ from gateway.media.srtp import (
     parse_crypto,
 )
 from gateway.sip.sdp import (
+    Attribute,
     Connection,
     Media,
     Origin,
@@ -61,6 +78,8 @@ __all__ = [
     "NegotiationError",
     "Negotiator",
     "Side",
+    "T38Plan",
+    "UdptlLeg",
 ]
 
 Side = Literal["a", "b"]
@@ -162,17 +181,42 @@ class LegMedia:
 class MediaPlan:
     a: LegMedia
     b: LegMedia
+    passthrough: bool = False
+    """A fax or modem call: never decoded when the codecs are the same, whatever
+    RFC 4733 support the legs have (in-band tones pass as they are)."""
 
     @property
     def transcoding(self) -> bool:
         """True when audio must be decoded and re-encoded: the legs' codecs differ, or
         one leg has RFC 4733 telephone-event and the other has not (its DTMF must then
-        be heard as tones in the audio, and tones detected in it)."""
+        be heard as tones in the audio, and tones detected in it), unless the call
+        is a pass-through one."""
         if self.a.codec.key != self.b.codec.key:
             return True
+        if self.passthrough:
+            return False
         return (self.a.telephone_event is None) != (self.b.telephone_event is None)
 
     def leg(self, side: Side) -> LegMedia:
+        return self.a if side == "a" else self.b
+
+
+@dataclass(frozen=True, slots=True)
+class UdptlLeg:
+    """Where one leg's T.38 peer receives UDPTL."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class T38Plan:
+    """Both legs agreed T.38: UDPTL is relayed between these peers as it is."""
+
+    a: UdptlLeg
+    b: UdptlLeg
+
+    def leg(self, side: Side) -> UdptlLeg:
         return self.a if side == "a" else self.b
 
 
@@ -193,10 +237,28 @@ class _Offered:
 
 @dataclass(slots=True)
 class _Pending:
+    """An audio offer sent to the leg that is not ``offerer``, waiting for its answer."""
+
     offerer: Side
-    offer: _Offered
+    offer: _Offered | None  # None: the gateway's own offer, the offerer's leg is kept
     sent: list[Codec]  # what we offered to the other side
     secure: bool  # we offered SRTP to the other side
+    keys: dict[int, CryptoAttribute]  # our a=crypto lines in that offer, by tag
+    restore: bytes | None  # what that side had from us before the offer (for withdraw)
+    kept: LegMedia | None = None  # the offerer's leg, for the gateway's own offer
+    passthrough: bool = False  # once answered, the call is a pass-through one
+
+
+@dataclass(slots=True)
+class _PendingT38:
+    """A T.38 offer sent on to the leg that is not ``offerer``."""
+
+    offerer: Side
+    sdp: SessionDescription
+    index: int  # which m= line of the offer is the image stream
+    host: str
+    port: int
+    restore: bytes | None
 
 
 @dataclass(slots=True)
@@ -205,6 +267,7 @@ class _LegState:
     origin: Origin
     rtp_port: int
     last_body: bytes | None = None
+    audio: Media | None = None  # the last live audio stream we described to this leg
     keys: dict[SrtpSuite, CryptoAttribute] = field(default_factory=dict)
 
     def key_for(self, suite: SrtpSuite, tag: int) -> CryptoAttribute:
@@ -250,19 +313,35 @@ class Negotiator:
         self._legs: dict[Side, _LegState] = {
             side: _LegState(policies[side], origins[side], ports[side]) for side in ("a", "b")
         }
-        self._pending: _Pending | None = None
+        self._pending: _Pending | _PendingT38 | None = None
         self.plan: MediaPlan | None = None
+        """The audio as last agreed (kept while T.38 runs)."""
+        self.t38: T38Plan | None = None
+        """The T.38 session while the call carries fax over UDPTL instead of audio."""
+        self.passthrough = False
+        """A fax moved the call to pass-through: plans relay equal codecs, and offers
+        carry only the offerer's codecs (``transcoding`` is off from then on)."""
 
     def offered_media(self) -> tuple[str, int, int] | None:
-        """The pending offer's media address: host, RTP port, RTCP port."""
-        if self._pending is None:
+        """The pending audio offer's media address (host, RTP port, RTCP port): the
+        peer's, so early media can reach it; None for T.38 or the gateway's own offer."""
+        pending = self._pending
+        if not isinstance(pending, _Pending) or pending.offer is None:
             return None
-        offer = self._pending.offer
+        offer = pending.offer
         return offer.host, offer.media.port, _rtcp_port(offer.media, offer.media.rtcp_mux)
 
     def offered_crypto(self) -> CryptoAttribute | None:
         """The pending offer's a=crypto the gateway accepted (the offerer's key), if any."""
-        return None if self._pending is None else self._pending.offer.crypto
+        pending = self._pending
+        if not isinstance(pending, _Pending) or pending.offer is None:
+            return None
+        return pending.offer.crypto
+
+    @property
+    def pending_t38(self) -> bool:
+        """Whether the offer waiting for its answer is T.38."""
+        return isinstance(self._pending, _PendingT38)
 
     def policy(self, side: Side) -> LegPolicy:
         return self._legs[side].policy
@@ -271,16 +350,101 @@ class Negotiator:
 
     def offer(self, side: Side, body: bytes) -> bytes:
         """An offer from ``side``: the offer for the other leg (NegotiationError if refused)."""
-        offered = self._read_offer(side, _parse(body))
+        sdp = _parse(body)
+        image = _t38_stream(sdp)
+        if image is not None:
+            return self._offer_t38(side, sdp, *image)
+        offered = self._read_offer(side, sdp)
         target = _other(side)
-        policy = self._legs[target].policy
-        sent = _offer_codecs(offered, policy, transcoding=self.transcoding)
+        leg = self._legs[target]
+        sent = _offer_codecs(offered, leg.policy, transcoding=self.transcoding)
         if not any(c.encoding.lower() not in _AUXILIARY for c in sent):
             raise NegotiationError(488, "No Common Codec", "no-common-codec")
         secure = self._offer_secure(target)
-        self._pending = _Pending(side, offered, sent, secure)
-        media = self._offer_media(target, sent, secure, offered)
+        keys = (
+            {tag: leg.key_for(suite, tag) for tag, suite in enumerate(leg.policy.suites, 1)}
+            if secure
+            else {}
+        )
+        self._pending = _Pending(side, offered, sent, secure, keys, leg.last_body)
+        media = self._offer_media(target, sent, keys, offered)
         return self._render(target, [media], offered.sdp.times)
+
+    def reoffer(self, side: Side, codecs: Sequence[Codec], *, passthrough: bool = False) -> bytes:
+        """The gateway's own offer toward ``side``, with only ``codecs`` (in that order).
+
+        Everything else is as ``side`` has it: our address and port, rtcp-mux, the
+        direction we last gave it, and its SRTP key (the one a=crypto line agreed,
+        same tag and key, so its contexts go on). The other leg is not touched;
+        :meth:`answer` takes ``side``'s answer as usual and makes the plan from it
+        and the other leg as it was. With ``passthrough`` the call becomes a
+        pass-through one once this is answered (see :attr:`passthrough`).
+        """
+        plan, leg = self.plan, self._legs[side]
+        previous = leg.audio
+        if plan is None or self.t38 is not None or previous is None or leg.last_body is None:
+            raise NegotiationError(488, "No Audio Session To Re-Offer", "no-audio")
+        if not any(c.encoding.lower() not in _AUXILIARY for c in codecs):
+            raise NegotiationError(488, "No Codec To Re-Offer", "no-common-codec")
+        mine = plan.leg(side)
+        last = _parse(leg.last_body)
+        secure = mine.srtp_local is not None
+        proto = previous.proto if secure or previous.proto in _AVP else "RTP/AVP"
+        media = Media("audio", leg.rtp_port, proto, [])
+        _describe(media, codecs)
+        media.attributes.append(("ptime", str(leg.policy.ptime)))
+        _transport_attributes(media, leg.rtp_port, mine.rtcp_mux)
+        keys: dict[int, CryptoAttribute] = {}
+        if mine.srtp_local is not None:
+            keys[mine.srtp_local.tag] = mine.srtp_local
+            media.attributes.append(("crypto", mine.srtp_local.to_value()))
+        media.attributes.append((previous.direction, None))
+        self._pending = _Pending(
+            offerer=_other(side),
+            offer=None,
+            sent=list(codecs),
+            secure=secure,
+            keys=keys,
+            restore=leg.last_body,
+            kept=plan.leg(_other(side)),
+            passthrough=passthrough,
+        )
+        return self._render(side, [media], last.times)
+
+    def withdraw(self, side: Side) -> None:
+        """The offer sent toward ``side`` was refused: the session stays as it was.
+
+        What :meth:`last_sent` gives for ``side`` goes back to the description it
+        had before that offer, under a new o= version (the refused offer used one).
+        Nothing happens when no offer toward ``side`` is pending.
+        """
+        pending = self._pending
+        if pending is None or pending.offerer == side:
+            return
+        self._pending = None
+        leg = self._legs[side]
+        restore = pending.restore
+        if restore is None or restore == leg.last_body:
+            leg.last_body = restore
+            return
+        sdp = _parse(restore)
+        leg.origin = leg.origin.bumped()
+        sdp.origin = leg.origin
+        leg.last_body = sdp.to_bytes()
+
+    def _offer_t38(self, side: Side, sdp: SessionDescription, index: int, image: Media) -> bytes:
+        """A T.38 offer from ``side``: the same T.38 toward the other leg, from our port."""
+        target = _other(side)
+        for each in (side, target):
+            if self._legs[each].policy.srtp == "mandatory":
+                raise NegotiationError(
+                    488, "T.38 Not Allowed Where SRTP Is Mandatory", "t38-refused"
+                )
+        host = _host_of(sdp, image)
+        leg = self._legs[target]
+        self._pending = _PendingT38(side, sdp, index, host, image.port, leg.last_body)
+        media = _image_media(leg.rtp_port, image, sdp.direction_of(image))
+        return self._render(target, [media], sdp.times)
 
     def _offer_secure(self, target: Side) -> bool:
         policy = self._legs[target].policy
@@ -295,16 +459,19 @@ class Negotiator:
         return True
 
     def _offer_media(
-        self, target: Side, sent: list[Codec], secure: bool, offered: _Offered
+        self,
+        target: Side,
+        sent: list[Codec],
+        keys: dict[int, CryptoAttribute],
+        offered: _Offered,
     ) -> Media:
         leg = self._legs[target]
-        media = Media("audio", leg.rtp_port, "RTP/SAVP" if secure else "RTP/AVP", [])
+        media = Media("audio", leg.rtp_port, "RTP/SAVP" if keys else "RTP/AVP", [])
         _describe(media, sent)
         media.attributes.append(("ptime", str(leg.policy.ptime)))
         _transport_attributes(media, leg.rtp_port, leg.policy.rtcp_mux)
-        if secure:
-            for tag, suite in enumerate(leg.policy.suites, start=1):
-                media.attributes.append(("crypto", leg.key_for(suite, tag).to_value()))
+        for key in keys.values():
+            media.attributes.append(("crypto", key.to_value()))
         media.attributes.append((offered.sdp.direction_of(offered.media), None))
         return media
 
@@ -321,18 +488,60 @@ class Negotiator:
     # ---- answers -----------------------------------------------------------------------
 
     def answer(self, side: Side, body: bytes) -> tuple[bytes, MediaPlan]:
-        """The answer from ``side`` to our offer: the answer for the offerer and the plan."""
+        """The answer from ``side`` to our offer: the answer for the offerer and the plan.
+
+        For the gateway's own offer (:meth:`reoffer`) nobody waits for an answer:
+        the offerer's leg is unchanged and its last description is returned.
+        """
         pending = self._pending
-        if pending is None or pending.offerer == side:
+        if not isinstance(pending, _Pending) or pending.offerer == side:
             raise NegotiationError(488, "Answer Without Offer", "bad-sdp")
         sdp = _parse(body)
         answered = self._read_answer(side, sdp, pending)
         offerer = pending.offerer
-        their = self._answer_offerer(offerer, pending.offer, answered)
+        if pending.offer is None:
+            assert pending.kept is not None  # reoffer() keeps the other leg
+            their = pending.kept
+        else:
+            their = self._answer_offerer(offerer, pending.offer, answered)
+        if pending.passthrough:
+            self.passthrough = True
+            self.transcoding = False
         legs = {side: answered, offerer: their}
-        self.plan = MediaPlan(a=legs["a"], b=legs["b"])
+        self.plan = MediaPlan(a=legs["a"], b=legs["b"], passthrough=self.passthrough)
+        self.t38 = None
+        if pending.offer is None:
+            return self._legs[offerer].last_body or b"", self.plan
         media = self._answer_media(offerer, pending.offer, their, answered.direction)
         return self._render(offerer, media, pending.offer.sdp.times), self.plan
+
+    def answer_t38(self, side: Side, body: bytes) -> tuple[bytes, T38Plan]:
+        """The answer from ``side`` to a T.38 offer we sent on: the T.38 answer for the
+        offerer and the plan; NegotiationError (488) when ``side`` did not take T.38."""
+        pending = self._pending
+        if not isinstance(pending, _PendingT38) or pending.offerer == side:
+            raise NegotiationError(488, "Answer Without Offer", "bad-sdp")
+        sdp = _parse(body)
+        image = next(
+            (m for m in sdp.media if m.media == "image" and m.port != 0 and _is_udptl_t38(m)),
+            None,
+        )
+        if image is None:
+            raise NegotiationError(488, "T.38 Not Accepted By Other Leg", "t38-refused")
+        offerer = pending.offerer
+        legs = {
+            side: UdptlLeg(_host_of(sdp, image), image.port),
+            offerer: UdptlLeg(pending.host, pending.port),
+        }
+        self.t38 = T38Plan(a=legs["a"], b=legs["b"])
+        port = self._legs[offerer].rtp_port
+        media: list[Media] = []
+        for index, offered in enumerate(pending.sdp.media):
+            if index == pending.index:
+                media.append(_image_media(port, image, sdp.direction_of(image)))
+            else:
+                media.append(Media(offered.media, 0, offered.proto, list(offered.formats)))
+        return self._render(offerer, media, pending.sdp.times), self.t38
 
     def _read_answer(self, side: Side, sdp: SessionDescription, pending: _Pending) -> LegMedia:
         live = [m for m in sdp.media if m.media == "audio" and m.port != 0]
@@ -345,7 +554,7 @@ class Negotiator:
         chosen = _match(codecs, pending.sent)
         if chosen is None:
             raise NegotiationError(488, "Callee Chose No Offered Codec", "callee-bad-sdp")
-        local, remote = self._answer_keys(side, media, pending.secure)
+        local, remote = self._answer_keys(side, media, pending)
         host = _host_of(sdp, media)
         mux = media.rtcp_mux and self._legs[side].policy.rtcp_mux
         return LegMedia(
@@ -363,10 +572,10 @@ class Negotiator:
         )
 
     def _answer_keys(
-        self, side: Side, media: Media, secure: bool
+        self, side: Side, media: Media, pending: _Pending
     ) -> tuple[CryptoAttribute | None, CryptoAttribute | None]:
         lines = _crypto_lines(media)
-        if not secure:
+        if not pending.secure:
             if lines or media.proto in _SAVP:
                 raise NegotiationError(488, "Callee Answered SRTP To A Plain Offer", "bad-srtp")
             return None, None
@@ -383,10 +592,10 @@ class Negotiator:
         suite = remote.known_suite
         if suite is None or suite not in leg.policy.suites:
             raise NegotiationError(488, "Callee Chose A Suite Not Offered", "callee-bad-srtp")
-        index = leg.policy.suites.index(suite)
-        if remote.tag != index + 1:
+        ours = pending.keys.get(remote.tag)
+        if ours is None or ours.known_suite is not suite:
             raise NegotiationError(488, "Callee Answered An Unknown Crypto Tag", "callee-bad-srtp")
-        return leg.key_for(suite, remote.tag), remote
+        return ours, remote
 
     def _answer_offerer(self, side: Side, offer: _Offered, answered: LegMedia) -> LegMedia:
         leg = self._legs[side]
@@ -449,6 +658,9 @@ class Negotiator:
             leg.origin = leg.origin.bumped()
             body = _session(leg.origin, self.host, media, times).to_bytes()
         leg.last_body = body
+        for stream in media:
+            if stream.media == "audio" and stream.port != 0:
+                leg.audio = stream
         return body
 
     def last_sent(self, side: Side) -> bytes | None:
@@ -475,6 +687,37 @@ def _first_audio(sdp: SessionDescription) -> tuple[int, Media]:
                 )
             return index, media
     raise NegotiationError(488, "No Usable Audio Stream", "no-audio")
+
+
+def _is_udptl_t38(media: Media) -> bool:
+    return media.proto.lower() == "udptl" and [f.lower() for f in media.formats] == ["t38"]
+
+
+def _t38_stream(sdp: SessionDescription) -> tuple[int, Media] | None:
+    """The image stream of an offer whose only live stream is T.38 over UDPTL.
+
+    None when the offer has live audio or nothing but audio (the audio path
+    decides). Image over anything but UDPTL (T.38 over TCP, or TLS) is refused.
+    """
+    live = [(index, media) for index, media in enumerate(sdp.media) if media.port != 0]
+    if len(live) != 1 or live[0][1].media != "image":
+        return None
+    index, media = live[0]
+    if not _is_udptl_t38(media):
+        formats = " ".join(media.formats)
+        raise NegotiationError(
+            488, f"Image Transport {media.proto} {formats} Not Supported", "t38-refused"
+        )
+    return index, media
+
+
+def _image_media(port: int, source: Media, direction: str) -> Media:
+    """``m=image <port> udptl t38`` with ``source``'s T.38 attributes (T.38 Annex D.2.3)."""
+    attributes: list[Attribute] = [
+        (key, value) for key, value in source.attributes if key.lower().startswith("t38")
+    ]
+    attributes.append((direction, None))
+    return Media("image", port, "udptl", ["t38"], attributes=attributes)
 
 
 def _host_of(sdp: SessionDescription, media: Media) -> str:

@@ -19,6 +19,11 @@ what it accepts to its transcoder (see :mod:`gateway.media.relay`).
 RFC 5761 4: on a multiplexed leg, RTCP is told from RTP by the second byte
 (packet types 192-223) and goes out on the other leg's RTCP port, or its RTP
 port when that leg multiplexes too.
+
+A leg in datagram mode (:attr:`LegPath.datagrams`: T.38 over UDPTL, ITU-T T.38
+Annex D, which is not RTP) skips the RTP checks: whatever comes from the
+accepted source is carried as it is. The strict source and latching still
+decide who that source is; nothing else is done to the bytes.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class LegPath:
     ``receiver`` unprotects what the leg's peer sends (its key), ``sender``
     protects what goes to it (ours). ``payload_types`` maps a payload type
     arriving from the *other* leg to the one this leg's peer expects.
+    ``datagrams``: the leg carries something other than RTP (UDPTL): its
+    packets are taken as opaque bytes from the accepted source.
     """
 
     rtp: Endpoint
@@ -76,6 +83,7 @@ class LegPath:
     receiver: SrtpReceiver | None = None
     sender: SrtpSender | None = None
     payload_types: dict[int, int] = field(default_factory=dict)
+    datagrams: bool = False
 
     def endpoint(self, stream: Stream) -> Endpoint:
         return self.rtcp if stream == "rtcp" and not self.rtcp_mux else self.rtp
@@ -87,6 +95,7 @@ class LegPath:
             self.receiver is None
             and self.sender is None
             and not self.rtcp_mux
+            and not self.datagrams
             and all(k == v for k, v in self.payload_types.items())
         )
 
@@ -124,8 +133,17 @@ def accept_packet(
     stream the packet belongs to (RTCP on a multiplexed RTP port is "rtcp") and
     its plain bytes, or None when it is dropped (counted on the receiving
     endpoint by reason). Counts nothing else: the caller counts ``packets_in``
-    once the packet has been used.
+    once the packet has been used. A leg in datagram mode skips the version and
+    length checks and has no SRTP: only the source is checked.
     """
+    if src_leg.datagrams:
+        endpoint = src_leg.endpoint(arrived_on)
+        if is_strict_miss(endpoint, src):
+            count_drop(endpoint, DropReason.UNEXPECTED_SOURCE)
+            return None
+        if decide(endpoint, src, now) is not ACCEPT:
+            return None
+        return arrived_on, data
     stream: Stream = (
         "rtcp" if arrived_on == "rtcp" or (src_leg.rtcp_mux and is_rtcp(data)) else "rtp"
     )
@@ -167,7 +185,7 @@ def forward_packet(
     if destination is None:
         count_drop(endpoint, DropReason.NO_DESTINATION)
         return None
-    if stream == "rtp":
+    if stream == "rtp" and not src_leg.datagrams:
         clear = _map_payload_type(clear, dst_leg.payload_types)
     try:
         out = protect(dst_leg.sender, stream, clear)

@@ -37,6 +37,10 @@ scope of their own inside the call's nursery, so switching back to relay
 (a re-INVITE that makes the codecs equal) or to a new transcoding set-up ends
 them without leaking. Transcoding runs on Trio's clock, whatever clock the
 session was given for latching.
+
+Datagram mode (``configure(leg, datagrams=True)``, for T.38's UDPTL): the leg's
+packets are not RTP, so the relay carries them as opaque datagrams through the
+per-packet step, which still enforces the strict source and latching.
 """
 
 from __future__ import annotations
@@ -376,6 +380,7 @@ class MediaSession:
         receiver: SrtpReceiver | None = None,
         sender: SrtpSender | None = None,
         payload_types: dict[int, int] | None = None,
+        datagrams: bool = False,
     ) -> None:
         """Set what the packet step does for ``leg``: keys, rtcp-mux, payload types.
 
@@ -383,12 +388,21 @@ class MediaSession:
         what the relay sends it; ``payload_types`` maps the other leg's payload
         types to this leg's. The caller keeps SRTP contexts when keys have not
         changed (a new context on an old key would reuse packet indexes).
+        ``datagrams`` makes the leg carry datagrams that are not RTP (T.38's
+        UDPTL) as they are, from its accepted source only; it takes no keys,
+        rtcp-mux or payload types.
         """
+        if datagrams and (receiver is not None or sender is not None or rtcp_mux or payload_types):
+            raise ValueError(
+                f"leg {leg}: datagram mode carries bytes as they are: "
+                "no SRTP, rtcp-mux or payload types"
+            )
         path = self.paths[_as_leg(leg)]
         path.rtcp_mux = rtcp_mux
         path.receiver = receiver
         path.sender = sender
         path.payload_types = dict(payload_types or {})
+        path.datagrams = datagrams
         self._update_mode()
 
     def _update_mode(self) -> None:
