@@ -15,6 +15,11 @@ Pieces, each sans-IO (audio and payload bytes in, decisions and bytes out):
   (RFC 3389 4), and marks the first audio packet after it (RFC 3551 4.1).
 * :class:`ComfortNoiseSource`: noise frames at the level of the last CN
   packet received (or any level set), to fill the gaps a CN sender leaves.
+* :class:`NoiseFloor`: the background level of a stream, measured on its
+  recent frames, for the CN packet or the noise that stands for a sender's
+  pause (DTX) when the sender said no level itself.
+* :func:`crossfade`: a few milliseconds of linear crossfade, where generated
+  audio (noise, a DTMF tone) and real audio meet, so that nothing clicks.
 
 How Opus DTX and RFC 3389 CN interwork. With DTX on, libopus stops coding
 after about 200 ms of silence: each 20 ms frame then encodes to a packet of
@@ -46,6 +51,8 @@ from __future__ import annotations
 
 import enum
 import math
+from array import array
+from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
@@ -58,9 +65,11 @@ __all__ = [
     "ComfortNoise",
     "ComfortNoiseError",
     "ComfortNoiseSource",
+    "NoiseFloor",
     "SilenceDecision",
     "SilenceDetector",
     "build_cn",
+    "crossfade",
     "level_dbov",
     "parse_cn",
 ]
@@ -331,3 +340,83 @@ class ComfortNoiseSource:
     def close(self) -> None:
         """Free the native noise generator now."""
         self._generator.close()
+
+
+class NoiseFloor:
+    """The background noise level of a stream, from its quietest recent frames.
+
+    Minimum statistics: over the last ``window_ms`` of frames, the quietest
+    frame is taken as background, and the frames within 3 dB of it are
+    averaged (the minimum alone of a few dozen frames of steady noise sits
+    about 1.5 dB under its mean). Speech has pauses within a second or two,
+    so the window's quietest frames are background even mid-talk; a sender
+    that goes into DTX has sent some 200 ms of background just before.
+    Feed decoded audio only, never concealment or generated noise.
+    """
+
+    __slots__ = ("_frames", "_samples", "_window")
+
+    def __init__(self, *, window_ms: int = 1500, sample_rate: int = 8000) -> None:
+        if window_ms <= 0 or sample_rate <= 0:
+            raise ComfortNoiseError(
+                f"window_ms and sample_rate must be positive, got {window_ms}, {sample_rate}"
+            )
+        self._window = window_ms * sample_rate // 1000
+        self._frames: deque[tuple[float, int]] = deque()
+        self._samples = 0
+
+    def observe(self, pcm: bytes | bytearray | memoryview) -> int:
+        """Take one frame into the window; returns its own level in dBov."""
+        try:
+            energy, count = frame_energy(pcm)
+        except ToneError as exc:
+            raise ComfortNoiseError(str(exc)) from exc
+        if count == 0:
+            return MIN_LEVEL_DBOV
+        power = energy / count
+        frames = self._frames
+        frames.append((power, count))
+        self._samples += count
+        while self._samples - frames[0][1] >= self._window:
+            self._samples -= frames.popleft()[1]
+        return _dbov(power)
+
+    @property
+    def level_dbov(self) -> int | None:
+        """The background level in whole dBov; None before the first frame."""
+        if not self._frames:
+            return None
+        quietest = min(power for power, _ in self._frames)
+        near = [(power, count) for power, count in self._frames if power <= 2.0 * quietest]
+        total = sum(count for _, count in near)
+        return _dbov(sum(power * count for power, count in near) / total)
+
+    def reset(self) -> None:
+        """Forget the frames seen (a new stream)."""
+        self._frames.clear()
+        self._samples = 0
+
+
+def crossfade(old: bytes | bytearray | memoryview, new: bytes | bytearray | memoryview) -> bytes:
+    """``old`` fading out while ``new`` fades in, linearly, over their common length.
+
+    Both are 16-bit PCM of the same length. Used only where real and
+    generated audio meet (a few ms at the edges of a pause or a tone), so it
+    runs in Python: a handful of times per talkspurt, never on every packet.
+    """
+    if len(old) != len(new) or len(old) % 2:
+        raise ComfortNoiseError(
+            f"crossfade needs two PCM fragments of one even length, got {len(old)} and {len(new)}"
+        )
+    fading, rising = array("h"), array("h")
+    fading.frombytes(old)
+    rising.frombytes(new)
+    steps = len(fading) + 1
+    mixed = array(
+        "h",
+        (
+            a + (b - a) * (i + 1) // steps
+            for i, (a, b) in enumerate(zip(fading, rising, strict=True))
+        ),
+    )
+    return mixed.tobytes()

@@ -405,6 +405,15 @@ class TelephoneEventReceiver:
             return None
         return EventStarted(running.event, running.start, running.volume)
 
+    @property
+    def current_duration(self) -> int | None:
+        """The longest duration reported so far for the running event, if any.
+
+        Counted from the event's start across its segments, so it may exceed 0xFFFF.
+        """
+        running = self._running
+        return None if running is None else running.total
+
     def receive(
         self,
         sequence: int,

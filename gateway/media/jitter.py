@@ -45,7 +45,12 @@ that plays SILENCE until the next packet. FEC needs the next packet in the
 buffer when the lost one's slot is due, so a pipeline relying on it should
 set ``min_delay`` at least a packet plus some margin. The ``lost`` count is always
 settled by sequence numbers when the next packet plays, never by what was
-concealed, so it equals the packets that never arrived.
+concealed, so it equals the packets that never arrived. Packets of the
+stream that carry no audio (RFC 4733 telephone-event, RFC 3389 CN) share
+its sequence numbers but never enter the buffer, since their timestamps are
+not playout times (an event's packets all carry its start): the caller
+reports their sequence numbers with :meth:`JitterBuffer.skip`, so they
+count neither as lost nor as a gap to conceal.
 
 Delay estimate. The target delay is the 97th percentile of the relative
 transit time (arrival minus timestamp) over the last 5 s worth of packets
@@ -228,6 +233,7 @@ class JitterBuffer:
         # enough to tell a duplicate within the reorder window plus the buffer.
         self._seen_size = 1 << (2 * _MAX_MISORDER + capacity).bit_length()
         self._late_pending: set[int] = set()
+        self._skipped: set[int] = set()
         self._start(0, 0)
         self._received = self._played = self._lost = self._concealed = 0
         self._late = self._duplicate = self._overflow = self._discarded = self._restarts = 0
@@ -254,6 +260,7 @@ class JitterBuffer:
         self._transits.clear()
         self._seen: array[int] = array("q", [-1]) * self._seen_size
         self._late_pending.clear()
+        self._skipped.clear()
 
     # ------------------------------------------------------------------ input
 
@@ -284,6 +291,31 @@ class JitterBuffer:
             self._stray = None
             self._discarded += 1
         self._admit(_Packet(*extended, payload, duration, marker), arrival)
+
+    def skip(self, seq: int) -> None:
+        """A packet of this stream that carries no audio used sequence number ``seq``.
+
+        It is not a loss, and no LOST frame stands for it. Before the first
+        audio packet (and after a reset) there is nothing to account, and a
+        number that jumps out of the stream is ignored.
+        """
+        if not 0 <= seq < _SEQ_MOD:
+            raise JitterError(f"Sequence number {seq} is outside 0..65535")
+        if self._mode is _Mode.IDLE and not self._queue:
+            return
+        udelta = (seq - self._max_seq) % _SEQ_MOD
+        if udelta < _MAX_DROPOUT:
+            ext_seq = self._max_seq + udelta
+        elif udelta >= _SEQ_MOD - _MAX_MISORDER:
+            ext_seq = self._max_seq + udelta - _SEQ_MOD
+        else:
+            return
+        if ext_seq <= self._last_seq or ext_seq in self._queued:
+            return
+        skipped = self._skipped
+        skipped.add(ext_seq)
+        if len(skipped) > self._seen_size:
+            skipped.discard(min(skipped))
 
     def _extend(self, seq: int, timestamp: int) -> tuple[int, int] | None:
         """Unwrapped (seq, timestamp), or None for a jump out of the stream."""
@@ -515,11 +547,19 @@ class JitterBuffer:
         return Frame(FrameKind.AUDIO, head.ext_ts % _TS_MOD, head.samples, head.payload)
 
     def _owed(self, head: _Packet) -> int:
-        """Packets missing before ``head`` that no LOST frame has stood for yet."""
-        missing = head.ext_seq - self._last_seq - 1
+        """Packets missing before ``head`` that no LOST frame has stood for yet.
+
+        A packet that came late after its slot was concealed is one the LOST
+        frames already stood for: it shows that at least that many slots are
+        covered, never more than the frames given out (counting it on top of
+        them would take a packet still in flight for a pause of the sender).
+        """
+        missing = head.ext_seq - self._last_seq - self._skipped_before(head) - 1
+        covered = self._gap_skipped
         if missing > 0 and self._late_pending:
-            missing -= sum(self._last_seq < s < head.ext_seq for s in self._late_pending)
-        return missing - self._gap_skipped
+            late = sum(self._last_seq < s < head.ext_seq for s in self._late_pending)
+            covered = max(covered, late)
+        return missing - covered
 
     def _conceal(self, deadline: float, head: _Packet | None) -> Frame:
         timestamp = self._cursor % _TS_MOD
@@ -548,6 +588,9 @@ class JitterBuffer:
         self._queued.discard(head.ext_seq)
         self._anchor = None
         gap = head.ext_seq - self._last_seq - 1
+        if gap > 0 and self._skipped:
+            gap -= self._skipped_before(head)
+            self._skipped = {s for s in self._skipped if s > head.ext_seq}
         if gap > 0:
             arrived = {s for s in self._late_pending if s < head.ext_seq}
             self._late_pending -= arrived
@@ -557,6 +600,12 @@ class JitterBuffer:
         self._last_samples = head.samples
         self._gap_skipped = 0
         self._gap_samples = 0
+
+    def _skipped_before(self, head: _Packet) -> int:
+        """Sequence numbers of packets without audio between the last played and ``head``."""
+        if not self._skipped:
+            return 0
+        return sum(self._last_seq < s < head.ext_seq for s in self._skipped)
 
     def _remember(self, ext_seq: int) -> None:
         self._seen[ext_seq % self._seen_size] = ext_seq
@@ -583,7 +632,9 @@ class JitterBuffer:
         if len(self._transits) < _MIN_SAMPLES:
             return False
         fastest, delay = self._target_delay()
-        return fastest + delay - self._offset >= self._frame / self._rate / 2
+        # A quarter frame: a stretch (a whole frame) then leaves at most three
+        # quarters above the target, short of the whole packet that shrinks it.
+        return fastest + delay - self._offset >= self._frame / self._rate / 4
 
     def _should_shrink(self, now: float, head: _Packet) -> bool:
         if now - self._last_shrink < _SHRINK_INTERVAL or len(self._queue) < 2:

@@ -14,14 +14,15 @@ from the payload, so playout follows RTP timestamps, never arrival order. A new
 SSRC resets the buffer (a new stream); sequence jumps and restarts within one
 SSRC are the buffer's to detect (RFC 3550 A.1). telephone-event (RFC 4733) and
 CN (RFC 3389) packets go to :meth:`Transcoder.on_telephone_event` and
-:meth:`Transcoder.on_comfort_noise`, which count and drop them for now; other
-payload types, and packets that are not RTP, are counted and dropped.
+:meth:`Transcoder.on_comfort_noise`, never into the jitter buffer (an event's
+packets all carry its start as timestamp); their sequence numbers are
+reported to it, so they count neither as lost nor as a gap. Other payload
+types, and packets that are not RTP, are counted and dropped.
 
 Playout, per frame the jitter buffer gives: AUDIO is decoded; LOST is rebuilt
 from the next packet's in-band FEC when the codec can (Opus), else concealed by
 the codec's PLC; SILENCE (the sender paused: DTX, CN) goes to
-:meth:`Transcoder.silence`, which returns None for now, so nothing is sent and
-the next packet carries the marker bit. Decoded audio passes the
+:meth:`Transcoder.silence`. Decoded audio passes the
 :attr:`Transcoder.pcm_taps` (at the source codec's rate, before resampling),
 then, when the two codecs' PCM rates differ, one speexdsp call resamples it to
 the target's rate (a call's Opus leg runs at the other leg's rate, see
@@ -36,8 +37,30 @@ moves on over pauses by the time they lasted, so it keeps tracking playout
 time; the marker bit is set on the first packet of each talkspurt (RFC 3551
 4.1). A pause flushes the partial packet in the FIFO, padded with silence.
 
-Extension points for what comes later (DTMF interworking, comfort noise, fax
-detection): subclass or assign the three hooks (``on_telephone_event``,
+Comfort noise and DTX (RFC 3389, RFC 7587 3.1.3; see
+:mod:`gateway.media.comfort_noise`). The background level of the source is
+measured on its decoded audio (:class:`~gateway.media.comfort_noise.NoiseFloor`),
+or taken from its CN packets, which also mark the time after them as the
+sender's pause: concealment there is replaced by noise. A pause of the
+sender (SILENCE frames: Opus DTX, a G.711 sender after CN) becomes, toward a
+target that negotiated CN, one CN packet with that level, refreshed every
+:data:`CN_REFRESH` seconds or when the level moves by :data:`CN_LEVEL_STEP`
+dB, and nothing else: quiet frames (Opus DTX updates) keep the pause, and the
+first audio after it carries the marker bit. Toward a target without CN the
+pause is filled with noise at the level (never digital silence); an Opus
+encoder with DTX turns that into its own DTX. Where real and generated audio
+meet, :data:`~gateway.media.dtmf_interworking.FADE_MS` of crossfade from the
+last sample keeps it from clicking.
+
+DTMF (RFC 4733, :mod:`gateway.media.dtmf_interworking`): events are relayed
+with the target's payload type and clock (the audio under them muted),
+played in-band toward a target without telephone-event, or detected in the
+source's audio and sent as events, by which legs negotiated telephone-event.
+Event packets go out on this direction's SSRC and sequence, with RTP
+timestamps on the target's audio timeline. A leg's telephone-event runs at
+its codec's RTP clock (the negotiation pairs them so).
+
+Extension points: subclass or assign the hooks (``on_telephone_event``,
 ``on_comfort_noise``, ``silence``), append to ``pcm_taps``, and send extra
 packets on this direction's SSRC and sequence with :meth:`Transcoder.packet`.
 """
@@ -51,12 +74,32 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from gateway.media.codecs import AudioCodec
+from gateway.media.comfort_noise import (
+    MIN_LEVEL_DBOV,
+    ComfortNoiseError,
+    ComfortNoiseSource,
+    NoiseFloor,
+    build_cn,
+    crossfade,
+    level_dbov,
+    parse_cn,
+)
+from gateway.media.dtmf import TelephoneEventError
+from gateway.media.dtmf_interworking import (
+    FADE_MS,
+    DtmfInterworking,
+    DtmfPath,
+    DtmfStats,
+    dtmf_path,
+)
 from gateway.media.jitter import Frame, FrameKind, JitterBuffer
 from gateway.media.resample import Resampler
 from gateway.media.rtcp import ReceptionStats, SenderStats
 from gateway.media.rtp import RtpHeader, parse_rtp_header
 
 __all__ = [
+    "CN_LEVEL_STEP",
+    "CN_REFRESH",
     "JitterSettings",
     "PcmTap",
     "StreamFormat",
@@ -78,6 +121,22 @@ _MAX_FRAME_MS: Final = 120
 # A playout jump shorter than this is float noise, not a pause.
 _GAP_EPSILON: Final = 1e-4
 _FLOAT_EPSILON: Final = 1e-9
+_TS_MOD: Final = 1 << 32
+_TS_HALF: Final = 1 << 31
+
+CN_REFRESH: Final = 0.5
+"""Seconds between CN packets toward the target while the source pauses (RFC 3389 4)."""
+CN_LEVEL_STEP: Final = 3
+"""A move of the noise level by this many dB sends a CN packet at once."""
+# Noise standing for a pause, in dBov: before any audio was measured, and the
+# bounds of a measured level (a stream that stops after a loud tone must not
+# be followed by loud noise; below the floor noise is no longer heard).
+_DEFAULT_NOISE_DBOV: Final = -70
+_MAX_NOISE_DBOV: Final = -40
+_MIN_NOISE_DBOV: Final = -80
+# Audio this much above the background ends a pause toward a CN target: the
+# frames Opus sends during DTX (its noise updates) are at the background.
+_SPEECH_OVER_NOISE_DB: Final = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +171,13 @@ class TranscoderStats:
     """Not RTP, bad padding, or a payload whose duration cannot be told."""
     unknown_payload_type: int = 0
     telephone_events: int = 0
-    """RFC 4733 packets received (dropped until DTMF interworking lands)."""
+    """RFC 4733 packets received."""
     comfort_noise: int = 0
-    """RFC 3389 packets received (dropped until comfort noise lands)."""
+    """RFC 3389 packets received."""
+    comfort_noise_sent: int = 0
+    """RFC 3389 packets sent to the target."""
+    noise_frames: int = 0
+    """Frames filled with generated comfort noise (pauses, time after a CN packet)."""
     ssrc_changes: int = 0
     decoded: int = 0
     decode_errors: int = 0
@@ -191,6 +254,40 @@ class Transcoder:
         self.sender = SenderStats(self.ssrc, encoder.rtp_clock)
         self.stats = TranscoderStats()
         self.pcm_taps: list[PcmTap] = []
+        # Comfort noise (RFC 3389) and the pauses of the source.
+        self._floor = NoiseFloor(sample_rate=decoder.pcm_rate)
+        self._noise: ComfortNoiseSource | None = None
+        self._source_cn: tuple[int, int] | None = None
+        """(RTP timestamp, level) of the source's last CN packet, while it pauses."""
+        self._cn_sent: tuple[float, int] | None = None
+        """(when, level) of the last CN packet to the target, while the target is paused."""
+        self._frame_level: int | None = None
+        self._fade = decoder.pcm_rate * FADE_MS // 1000
+        self._last_sample: bytes | None = None
+        """The last sample sent of the source's audio, while talking."""
+        self._generated_tail = False
+        """The last frame sent was generated noise."""
+        self._dtmf = self._make_dtmf()
+
+    def _make_dtmf(self) -> DtmfInterworking | None:
+        path = dtmf_path(
+            self.source.telephone_event is not None, self.target.telephone_event is not None
+        )
+        if path is None:
+            return None
+        return DtmfInterworking(
+            path,
+            source_clock=self._in_clock,
+            pcm_rate=self._in_pcm_rate,
+            target_clock=self._out_clock,
+            packet_interval=self._out_clock * self.packet_ms // 1000,
+            noise=self._comfort,
+        )
+
+    @property
+    def dtmf_path(self) -> DtmfPath | None:
+        """How DTMF crosses this direction; None when neither leg has telephone-event."""
+        return None if self._dtmf is None else self._dtmf.path
 
     # ------------------------------------------------------------------ input
 
@@ -243,16 +340,38 @@ class Transcoder:
             # A new stream (RFC 3550 8.2): its sequence and timestamps start afresh.
             self._jitter.reset()
             self.stats.ssrc_changes += 1
+            self._source_cn = None
+            if self._dtmf is not None:
+                self._dtmf.reset()
         self._in_ssrc = ssrc
         self.reception = ReceptionStats(ssrc, self._in_clock)
 
+    def _not_audio(self, header: RtpHeader) -> None:
+        """A packet of the source's stream without audio: its sequence number is not a loss."""
+        if header.ssrc == self._in_ssrc:
+            self._jitter.skip(header.sequence)
+
     def on_telephone_event(self, header: RtpHeader, payload: bytes, arrival: float) -> None:
-        """An RFC 4733 packet from the source leg. Counted and dropped for now."""
+        """An RFC 4733 packet from the source leg: the event plays out with the audio."""
         self.stats.telephone_events += 1
+        self._not_audio(header)
+        if self._dtmf is None:
+            return
+        try:
+            self._dtmf.receive(header.sequence, header.timestamp, payload, marker=header.marker)
+        except TelephoneEventError:
+            self.stats.malformed += 1
 
     def on_comfort_noise(self, header: RtpHeader, payload: bytes, arrival: float) -> None:
-        """An RFC 3389 CN packet from the source leg. Counted and dropped for now."""
+        """An RFC 3389 CN packet from the source leg: it pauses from its timestamp on."""
         self.stats.comfort_noise += 1
+        self._not_audio(header)
+        try:
+            noise = parse_cn(payload)
+        except ComfortNoiseError:
+            self.stats.malformed += 1
+            return
+        self._source_cn = (header.timestamp, noise.level_dbov)
 
     # ----------------------------------------------------------------- output
 
@@ -276,32 +395,162 @@ class Transcoder:
     def silence(self, frame: Frame) -> bytes | None:
         """Audio (at the source's ``pcm_rate``) for a pause of the sender, or None to send nothing.
 
-        The comfort-noise interworking fills this in; until then a pause is
-        not sent, and the next packet after it carries the marker bit.
+        Comfort noise at the source's background level; None toward a target
+        that negotiated CN, which then gets CN packets instead (RFC 3389 4).
         """
-        return None
+        if self.target.comfort_noise is not None:
+            return None
+        return self._comfort(frame.samples * self._in_pcm_rate // self._in_clock)
+
+    def _comfort(self, samples: int) -> bytes:
+        """``samples`` of noise at the source's background level (any PCM rate: white noise)."""
+        noise = self._noise
+        if noise is None:
+            frame = max(self.decoder.samples(_MAX_FRAME_MS), self.encoder.samples(_MAX_FRAME_MS))
+            noise = self._noise = ComfortNoiseSource(max_frame_samples=frame)
+        noise.level_dbov = max(_MIN_NOISE_DBOV, self._background())
+        return noise.generate(samples)
+
+    def _background(self) -> int:
+        """The level, dBov, that stands for the source's pauses."""
+        if self._source_cn is not None:
+            return self._source_cn[1]
+        floor = self._floor.level_dbov
+        return _DEFAULT_NOISE_DBOV if floor is None else min(floor, _MAX_NOISE_DBOV)
 
     def _play(self, frame: Frame, deadline: float, now: float, out: list[bytes]) -> None:
-        if frame.kind is FrameKind.SILENCE:
-            self.stats.silence_frames += 1
-            filler = self.silence(frame)
-            if filler is None:
-                self._pause(now, out)
-                return
-            pcm = filler
+        pcm, generated = self._source_pcm(frame)
+        dtmf = self._dtmf
+        if dtmf is not None and dtmf.path is DtmfPath.DETECT:
+            # The detector hears the source as it came, before anything changes it.
+            heard = pcm if pcm is not None else bytes(2 * self._pcm_samples(frame))
+            dtmf.listen(frame.timestamp, frame.samples, heard)
+        if pcm is not None:
+            for tap in self.pcm_taps:
+                pcm = tap(pcm, frame.timestamp)
+        tone = dtmf is not None and dtmf.tone_due(frame.timestamp, frame.samples)
+        send = tone or self._sends(frame, pcm, generated)
+        if send:
+            position = self._talk(deadline, now, out)
         else:
-            pcm = self._decode(frame)
+            self._pause(now, out)
+            position = self._paused_position(deadline)
+        if dtmf is not None:
+            pcm, events = dtmf.process(
+                frame.timestamp, frame.samples, pcm if send else None, self._rtp_time(position)
+            )
+            event_pt = self.target.telephone_event
+            for event in events:
+                assert event_pt is not None  # only RELAY and DETECT send events
+                out.append(self.packet(event.payload, event_pt, event.timestamp, now, event.marker))
+        if not send:
+            self._comfort_noise_packet(deadline, position, now, out)
+            return
+        if pcm is None:
+            pcm = self._comfort(self._pcm_samples(frame))  # a tone due that the schedule dropped
+        pcm = self._smooth_edge(pcm, generated and not tone)
+        self._expected = deadline + frame.samples / self._in_clock
+        self._fifo += self._resample(pcm)
+        self._encode_ready(now, out)
+
+    def _pcm_samples(self, frame: Frame) -> int:
+        return frame.samples * self._in_pcm_rate // self._in_clock
+
+    def _source_pcm(self, frame: Frame) -> tuple[bytes | None, bool]:
+        """The frame's audio (None: nothing to send) and whether it is generated noise."""
+        self._frame_level = None
+        kind = frame.kind
+        if kind is FrameKind.SILENCE:
+            self.stats.silence_frames += 1
+            pcm = self.silence(frame)
+            if pcm is not None:
+                self.stats.noise_frames += 1
+            return pcm, True
+        source_cn = self._source_cn
+        after_cn = source_cn is not None and (frame.timestamp - source_cn[0]) % _TS_MOD < _TS_HALF
+        if kind is FrameKind.LOST and after_cn:
+            # The sender said it pauses here: noise, not a concealed dying word.
+            self.stats.noise_frames += 1
+            return self._comfort(self._pcm_samples(frame)), True
+        pcm = self._decode(frame)
+        if kind is FrameKind.AUDIO:
+            self._frame_level = self._floor.observe(pcm)
+            if after_cn:
+                self._source_cn = None
+            return pcm, False
+        level = self._frame_level = level_dbov(pcm)
+        if level < self._background():
+            # Concealment has faded out (G.711's within 50 ms): what stands for the
+            # rest of a loss, or of a pause not yet known as one, is the background.
+            self.stats.noise_frames += 1
+            return self._comfort(len(pcm) // 2), True
+        return pcm, False
+
+    def _sends(self, frame: Frame, pcm: bytes | None, generated: bool) -> bool:
+        """Whether the frame goes out as audio (else the target is in a pause)."""
+        if pcm is None:
+            return False
+        if self.target.comfort_noise is None:
+            return True
+        if generated:
+            return False
+        if self._cn_sent is None:
+            return True
+        # In a CN pause: only speech ends it, not the sender's noise updates.
+        level = self._frame_level
+        if level is None:
+            level = level_dbov(pcm)
+        return level > self._background() + _SPEECH_OVER_NOISE_DB
+
+    def _talk(self, deadline: float, now: float, out: list[bytes]) -> int:
+        """Audio goes out for the frame at ``deadline``: where on the output timeline it starts."""
         expected = self._expected
         if expected is not None and deadline - expected > _GAP_EPSILON:
             self._pause(now, out)
             self._resume(round((deadline - expected) * self._out_rate))
         elif self._talk_end is not None:
             self._resume(0)
-        self._expected = deadline + frame.samples / self._in_clock
-        for tap in self.pcm_taps:
-            pcm = tap(pcm, frame.timestamp)
-        self._fifo += self._resample(pcm)
-        self._encode_ready(now, out)
+        self._cn_sent = None
+        return self._head + len(self._fifo) // 2
+
+    def _paused_position(self, deadline: float) -> int:
+        """Where on the output timeline a frame at ``deadline`` falls, while paused."""
+        end = self._head if self._talk_end is None else self._talk_end
+        expected = self._expected
+        gap = 0 if expected is None else max(0, round((deadline - expected) * self._out_rate))
+        return max(self._head, end + gap)
+
+    def _rtp_time(self, position: int) -> int:
+        """The target's RTP timestamp of an output-timeline position."""
+        return (self._ts_base + position * self._out_clock // self._out_rate) & _U32
+
+    def _comfort_noise_packet(
+        self, deadline: float, position: int, now: float, out: list[bytes]
+    ) -> None:
+        """While the target pauses: a CN packet when one is due (RFC 3389 4)."""
+        payload_type = self.target.comfort_noise
+        if payload_type is None:
+            return
+        level = max(MIN_LEVEL_DBOV, min(0, self._background()))
+        sent = self._cn_sent
+        if (
+            sent is not None
+            and deadline - sent[0] < CN_REFRESH - _FLOAT_EPSILON
+            and abs(level - sent[1]) < CN_LEVEL_STEP
+        ):
+            return
+        out.append(self.packet(build_cn(level), payload_type, self._rtp_time(position), now, False))
+        self._cn_sent = (deadline, level)
+        self.stats.comfort_noise_sent += 1
+
+    def _smooth_edge(self, pcm: bytes, generated: bool) -> bytes:
+        """Crossfade from the last sample sent where real audio and generated noise meet."""
+        last, fade = self._last_sample, 2 * self._fade
+        if last is not None and generated != self._generated_tail and 0 < fade <= len(pcm):
+            pcm = crossfade(last * self._fade, pcm[:fade]) + pcm[fade:]
+        self._generated_tail = generated
+        self._last_sample = pcm[-2:] if pcm else last
+        return pcm
 
     def _decode(self, frame: Frame) -> bytes:
         decoder = self.decoder
@@ -333,15 +582,21 @@ class Transcoder:
         return b"".join(resampler.process(pcm[i : i + limit]) for i in range(0, len(pcm), limit))
 
     def _pause(self, now: float, out: list[bytes]) -> None:
-        """The sender paused: send what is buffered, padded with silence, and wait."""
+        """The target pauses: send what is buffered, padded with noise, and wait."""
         if self._talk_end is not None:
             return
         fifo = self._fifo
         self._talk_end = self._head + len(fifo) // 2
         if fifo:
-            fifo += bytes(self._out_bytes - len(fifo))
+            padding = self._comfort((self._out_bytes - len(fifo)) // 2)
+            fade = min(2 * self._fade, len(padding))
+            if fade:
+                padding = crossfade(fifo[-2:] * (fade // 2), padding[:fade]) + padding[fade:]
+            fifo += padding
             self._encode_ready(now, out)
         self._marker = True
+        self._last_sample = None
+        self._generated_tail = False
         if self._resampler is not None:
             self._resampler.reset()
 
@@ -366,17 +621,28 @@ class Transcoder:
             for offset, payload in packets:
                 out.append(self.packet(payload, self.target.payload_type, start + offset, now))
 
-    def packet(self, payload: bytes, payload_type: int, timestamp: int, now: float) -> bytes:
+    def packet(
+        self,
+        payload: bytes,
+        payload_type: int,
+        timestamp: int,
+        now: float,
+        marker: bool | None = None,
+    ) -> bytes:
         """An RTP packet of this direction's stream (our SSRC, next sequence number).
 
-        The marker bit goes on the first packet after a pause. Counted for the
-        SR's sender info.
+        ``marker`` None: the marker bit goes on the first audio packet after a
+        pause. True or False sets it for this packet alone and leaves the
+        talkspurt's marker pending (RFC 4733 events, CN packets). Counted for
+        the SR's sender info.
         """
         timestamp &= _U32
         seq = self._seq = (self._seq + 1) & 0xFFFF
-        marker = 0x80 if self._marker else 0
-        self._marker = False
-        header = _HEADER.pack(_VERSION, marker | payload_type, seq, timestamp, self.ssrc)
+        if marker is None:
+            marker, self._marker = self._marker, False
+        header = _HEADER.pack(
+            _VERSION, (0x80 if marker else 0) | payload_type, seq, timestamp, self.ssrc
+        )
         self.sender.on_sent(timestamp, len(payload), now)
         stats = self.stats
         stats.packets_out += 1
@@ -390,8 +656,11 @@ class Transcoder:
         buffer = self._jitter.stats
         reception = self.reception
         jitter = 0.0 if reception is None else reception.jitter / self._in_clock
+        dtmf = DtmfStats() if self._dtmf is None else self._dtmf.stats
         return {
             **asdict(self.stats),
+            **asdict(dtmf),
+            "dtmf_path": None if self._dtmf is None else self._dtmf.path.value,
             "lost": buffer.lost,
             "late": buffer.late,
             "duplicate": buffer.duplicate,

@@ -253,6 +253,25 @@ class TestLoss:
         stats = buffer.stats
         assert (stats.late, stats.lost) == (1, 0)
 
+    def test_late_packet_after_its_concealed_slot_is_not_taken_for_a_pause(self) -> None:
+        # Regression: seq 1 came after its slot was concealed, seq 2 is still in
+        # flight when seq 3 is buffered. The one LOST frame stood for seq 1; the
+        # late arrival of seq 1 must not count a second time, or the slot of seq 2
+        # plays SILENCE (a sender pause) in the middle of a talkspurt.
+        buffer = fixed(0.040)
+        buffer.push(0, 0, b"0", 0.0)
+        assert buffer.pop(0.040) == Frame(AUDIO, 0, SAMPLES, b"0")
+        lost = buffer.pop(0.060)
+        assert lost is not None and lost.kind is LOST
+        buffer.push(1, SAMPLES, b"1", 0.061)
+        buffer.push(3, 3 * SAMPLES, b"3", 0.062)
+        assert buffer.next_deadline() == pytest.approx(0.080)
+        frame = buffer.pop(0.080)
+        assert frame == Frame(LOST, 2 * SAMPLES, SAMPLES, next_payload=b"3")
+        assert buffer.pop(0.100) == Frame(AUDIO, 3 * SAMPLES, SAMPLES, b"3")
+        stats = buffer.stats
+        assert (stats.late, stats.lost, stats.concealed) == (1, 1, 2)
+
     def test_loss_accounting_matches_injected_loss_on_a_seeded_trace(self) -> None:
         for seed in range(4):
             rng = random.Random(seed)
@@ -328,6 +347,56 @@ class TestDtx:
         assert [f.timestamp for f in silence] == [20 * SAMPLES + i * SAMPLES for i in range(3)]
         stats = buffer.stats
         assert (stats.lost, stats.concealed) == (0, 0)
+
+
+class TestPacketsWithoutAudio:
+    """RFC 4733 events and RFC 3389 CN share the stream's sequence numbers, not its buffer."""
+
+    def test_sequence_numbers_of_events_are_neither_lost_nor_concealed(self) -> None:
+        # Audio 0-9 and 13-22 around three event packets (10-12), as a sender that
+        # stops its audio while a digit's events go out: the clock moved 60 ms.
+        buffer = fixed(0.200)
+        first = stream(10)
+        second = stream(10, first_seq=13, first_ts=13 * SAMPLES, start=13 * PTIME)
+        for packet in first + second:
+            if packet.seq == 13:
+                for seq in (10, 11, 12):
+                    buffer.skip(seq)
+            buffer.push(packet.seq, packet.timestamp, packet.payload, packet.arrival)
+        frames = play(buffer, [], until=0.2 + 22.5 * PTIME)
+        assert kinds(frames) == [AUDIO] * 10 + [SILENCE] * 3 + [AUDIO] * 10
+        stats = buffer.stats
+        assert (stats.lost, stats.concealed, stats.received) == (0, 0, 20)
+
+    def test_without_skip_the_same_numbers_are_lost(self) -> None:
+        buffer = fixed(0.200)
+        packets = stream(10) + stream(10, first_seq=13, first_ts=13 * SAMPLES, start=13 * PTIME)
+        frames = play(buffer, packets, until=0.2 + 22.5 * PTIME)
+        assert kinds(frames) == [AUDIO] * 10 + [LOST] * 3 + [AUDIO] * 10
+        assert buffer.stats.lost == 3
+
+    def test_cn_packet_before_a_pause_is_not_a_loss(self) -> None:
+        # A CN packet (seq 20) after the talkspurt, then the sender is silent: the
+        # first packet after the pause follows it in sequence, so the pause is silence.
+        buffer = JitterBuffer(RATE, SAMPLES)
+        packets = stream(20) + stream(10, first_seq=21, first_ts=40 * SAMPLES, start=40 * PTIME)
+        frames: list[tuple[float, Frame]] = []
+        frames += play(buffer, packets[:20], until=20 * PTIME)
+        buffer.skip(20)
+        frames += play(buffer, packets[20:], until=1.5)
+        assert audio(frames) == list(range(20)) + list(range(21, 31))
+        assert LOST not in kinds(frames)[:20]
+        assert buffer.stats.lost == 0
+
+    def test_skip_before_any_audio_or_out_of_the_stream_changes_nothing(self) -> None:
+        buffer = JitterBuffer(RATE, SAMPLES)
+        buffer.skip(7)  # nothing to account yet
+        frames = play(buffer, stream(5, first_seq=100), until=0.3)
+        buffer.skip(30000)  # a jump out of the stream, not one of its packets
+        assert audio(frames) == [100, 101, 102, 103, 104]
+        with pytest.raises(JitterError, match="Sequence number 65536 is outside"):
+            buffer.skip(65536)
+        assert buffer.stats.lost == 0
 
 
 class TestAdaptation:

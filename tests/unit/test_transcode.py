@@ -219,17 +219,26 @@ def test_sine_goes_through_with_its_frequency_and_level(source: str, target: str
     transcoder = make(source, target)
     packets = sender.packets(tone(sender.codec.pcm_rate, 2.0))
     out = drive(transcoder, timed(packets, 20), until=3.0)
-    found = check_stream(out, target, 20, transcoder)
-    # Every 20 ms of input comes out, plus at most 100 ms concealed after the last.
-    assert 100 <= len(found) <= 105
+    check_stream(out, target, 20, transcoder)
     sent_at = [t for t, _ in out]
     per_second = sum(1 for t in sent_at if 0.5 <= t < 1.5)
     assert per_second == 50
-    audio = steady(decode_output(target, out))
+    # Every 20 ms of input comes out (the first after the 30 ms buffer delay), then
+    # at most 100 ms concealed before the sender's pause is known...
+    talk = [item for item in out if item[0] < 2.03 + 0.1]
+    assert 100 <= len(talk) <= 105
+    audio = steady(decode_output(target, talk))
     assert dominant_frequency(audio) == pytest.approx(TONE_HZ, abs=5)
     assert rms_dbov(audio) == pytest.approx(TONE_DBOV, abs=1.5)
+    # ...then the pause is comfort noise, no louder than -40 dBov, as audio: the
+    # target did not negotiate CN.
+    pause = [item for item in out if item[0] >= 2.03 + 0.12]
+    assert len(pause) >= 40
+    noise = decode_output(target, pause)
+    assert -48 <= rms_dbov(noise) <= -39
     stats = transcoder.stats
     assert (stats.packets_in, stats.decode_errors, stats.malformed) == (100, 0, 0)
+    assert stats.noise_frames >= 40
 
 
 def test_g722_timestamps_count_8000_per_second_for_16000_samples() -> None:
@@ -376,28 +385,66 @@ def test_ssrc_change_restarts_the_buffer_and_the_output_goes_on() -> None:
     assert dominant_frequency(audio) == pytest.approx(TONE_HZ, abs=5)
 
 
-def test_pause_sends_nothing_then_marks_the_next_packet_and_keeps_time() -> None:
+def paused_talk() -> list[tuple[float, bytes]]:
+    """600 ms of tone, 500 ms of DTX (the sequence goes on, the clock moved), 600 ms more."""
     sender = Sender("PCMA")
     talk = timed(sender.packets(tone(8000, 0.6)), 20)
-    sender.ts += 8000 * 500 // 1000  # 500 ms of DTX: the sequence goes on, the clock moved
-    talk += timed(sender.packets(tone(8000, 0.6)), 20, start=1.1)
-    transcoder = make("PCMA", "PCMU", out_ptime=30)
-    out = drive(transcoder, talk, until=2.5)
-    found = headers(out)
+    sender.ts += 8000 * 500 // 1000
+    return talk + timed(sender.packets(tone(8000, 0.6)), 20, start=1.1)
+
+
+def test_pause_toward_a_cn_target_sends_cn_then_marks_the_next_packet_and_keeps_time() -> None:
+    decoder, encoder = make_pair(CODECS["PCMA"], CODECS["PCMU"], GATEWAY_OPUS)
+    transcoder = Transcoder(
+        decoder,
+        encoder,
+        StreamFormat(8, 20, TELEPHONE_EVENT, COMFORT_NOISE),
+        StreamFormat(0, 30, comfort_noise=COMFORT_NOISE),
+        rng=random.Random(SEED),
+    )
+    out = drive(transcoder, paused_talk(), until=2.5)
+    every = headers(out)
+    assert all(b.sequence == (a.sequence + 1) & 0xFFFF for a, b in itertools.pairwise(every))
+    cn = [(t, h) for (t, _), h in zip(out, every, strict=True) if h.payload_type == COMFORT_NOISE]
+    found = [h for h in every if h.payload_type == 0]
     markers = [i for i, h in enumerate(found) if h.marker]
     assert markers[0] == 0 and len(markers) == 2
     resumed = markers[1]
-    # 600 ms of talk, then 100 ms concealed before the buffer could tell a pause from a
-    # loss: 700 ms in 30 ms packets, the last one padded.
-    assert resumed == 24
+    # 600 ms of talk, then concealment (the buffer cannot tell a pause from a loss for
+    # 100 ms) until G.711's concealer has faded under the background (50 ms): 660 ms in
+    # 30 ms packets, the last one padded; the rest of it counts as the pause.
+    assert resumed == 22
     assert transcoder.stats.concealed == 5 + 5  # and 100 ms again after the end
     # The resumed talk starts 1100 ms into the source's timeline, the last packet before
-    # it at 690 ms: 410 ms at 8 kHz, give or take what the buffer re-anchored (<= 20 ms).
+    # it at 630 ms: 470 ms at 8 kHz, give or take what the buffer re-anchored (<= 20 ms).
     jump = (found[resumed].timestamp - found[resumed - 1].timestamp) % (1 << 32)
-    assert abs(jump - 3280) <= 160
-    gap = out[resumed][0] - out[resumed - 1][0]
-    assert 0.35 <= gap <= 0.45
-    assert transcoder.stats.silence_frames > 10
+    assert abs(jump - 3760) <= 160
+    # The pause: one CN packet where the audio stopped (none carries the marker), none
+    # while the talk goes on, and after the end of the talk one every 500 ms.
+    first_cn = cn[0][1]
+    assert not any(h.marker for _, h in cn)
+    assert (first_cn.timestamp - found[resumed - 1].timestamp) % (1 << 32) == 240
+    during = [t for t, _ in cn if t < out[every.index(found[resumed])][0]]
+    assert len(during) == 1
+    after = [t for t, _ in cn if t > 1.8]
+    assert all(0.49 <= b - a <= 0.51 for a, b in itertools.pairwise(after))
+    assert transcoder.stats.comfort_noise_sent == len(cn)
+    # Only the tone's own level was heard, so the CN level is capped at -40 dBov.
+    assert {packet[12] for _, packet in out if packet[1] & 0x7F == COMFORT_NOISE} == {40}
+
+
+def test_pause_toward_a_target_without_cn_is_filled_with_noise() -> None:
+    transcoder = make("PCMA", "PCMU", out_ptime=30)
+    out = drive(transcoder, paused_talk(), until=2.5)
+    found = check_stream(out, "PCMU", 30, transcoder)  # continuous: no marker, no jump
+    assert len(found) >= 2400 // 30 - 2
+    assert transcoder.stats.noise_frames >= 15
+    decoded = decode_output("PCMU", out).samples
+    # Where the 100 ms of concealment ends and the noise begins, nothing clicks: the
+    # largest step there is within what the noise itself makes.
+    pause = decoded[round(0.8 * 8000) : round(1.05 * 8000)]
+    assert -46 <= rms_dbov(Audio(pause, 8000)) <= -39
+    assert np.max(np.abs(np.diff(pause))) < 2500
 
 
 # ---- what is not audio -----------------------------------------------------------------------
