@@ -139,6 +139,10 @@ class SipConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
 class MediaConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     advertised_host: str = ""
+    # A media address of the other family (e.g. "::1" beside 127.0.0.1): a leg whose peer
+    # is IPv6 gets IPv6 sockets while the other leg stays IPv4; the relay bridges them.
+    host6: str = ""
+    advertised_host6: str = ""
     port_min: int = 20000
     port_max: int = 29999
     timeout: float = 60.0
@@ -545,6 +549,7 @@ def _media_problems(media: MediaConfig) -> Iterator[Problem]:
             "media.advertised_host",
             f"must be empty or an IP address, got {media.advertised_host!r}",
         )
+    yield from _alternate_host_problems(media)
     yield from _port_problem("media.port_min", media.port_min)
     yield from _port_problem("media.port_max", media.port_max)
     if media.port_min % 2:
@@ -594,6 +599,19 @@ def _transcoding_problems(media: MediaConfig) -> Iterator[Problem]:
             f"must lie from media.jitter_min ({media.jitter_min}) to media.jitter_max "
             f"({media.jitter_max}), got {media.jitter_initial}",
         )
+
+
+def _alternate_host_problems(media: MediaConfig) -> Iterator[Problem]:
+    for key, value in (("host6", media.host6), ("advertised_host6", media.advertised_host6)):
+        if value and not _is_ip(value):
+            yield f"media.{key}", f"must be empty or an IP address, got {value!r}"
+    if media.host6 and _is_ip(media.host6) and _is_ip(media.host):
+        same = ipaddress.ip_address(media.host6).version == ipaddress.ip_address(media.host).version
+        if same:
+            yield (
+                "media.host6",
+                f"must be of the other address family than media.host ({media.host})",
+            )
 
 
 _PTIMES = (10, 20, 30, 40, 60)

@@ -95,7 +95,15 @@ class Gateway:
             nonce_ttl=sip.nonce_ttl,
             algorithms=tuple(sip.auth_algorithms),
         )
-        self.core = CallCore(config, self.store, self.registrar, digest, self.allocator)
+        # Media sockets of the other family, for calls bridging IPv4 and IPv6.
+        self.allocator6 = (
+            PortAllocator(config.media.host6, config.media.port_min, config.media.port_max)
+            if config.media.host6
+            else None
+        )
+        self.core = CallCore(
+            config, self.store, self.registrar, digest, self.allocator, self.allocator6
+        )
         listen = config.sip.listen
         tls = [(entry.host, entry.port) for entry in listen if entry.transport == "tls"]
         self.endpoint = SipEndpoint(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ class CallHost(Protocol):
     endpoint: SipEndpoint
     config: Config
     allocator: PortAllocator
+    alternate_allocator: PortAllocator | None
 
     def register_dialog(self, call_id: str, local_tag: str, call: Call, leg: str) -> None: ...
     def forget(self, call: Call) -> None: ...
@@ -240,8 +242,13 @@ class Call:
         )
         self.b = Leg("b", new_call_id(), new_tag(), new_origin(media_host))
         self.record.callee_call_id = self.b.call_id
+        media = self.config.media
         self.media = MediaSession(
-            host.allocator, host_for_sdp=media_host, latch_window=self.config.media.latch_window
+            host.allocator,
+            host_for_sdp=media_host,
+            latch_window=media.latch_window,
+            alternate=host.alternate_allocator,
+            alternate_host_for_sdp=media.advertised_host6 or media.host6 or None,
         )
         self.call_media = CallMedia(
             self.media,
@@ -271,6 +278,19 @@ class Call:
         self.call_media.on_fax = self._on_fax
 
     # ---- plumbing ---------------------------------------------------------------------
+
+    def _media_families(self) -> dict[str, socket.AddressFamily]:
+        """Each leg's media family: the caller's SDP address, the callee's signalling
+        address (a trunk's host, or the address each app device registered from)."""
+        families: dict[str, socket.AddressFamily] = {}
+        offer = _sdp_of(self.invite)
+        if offer is not None:
+            families["a"] = _family_of(_first_audio_host(offer))
+        if isinstance(self.route, TrunkRoute):
+            families["b"] = _family_of(self.route.trunk.host)
+        elif self.route.bindings:
+            families["b"] = _family_of(self.route.bindings[0].source_host)
+        return families
 
     def _caller_policy(self) -> LegPolicy:
         flow = self.server.flow
@@ -360,7 +380,7 @@ class Call:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    self.ports = self.media.open(nursery)
+                    self.ports = self.media.open(nursery, self._media_families())
                 except PortsExhausted:
                     self._refuse(503, "Media Ports Exhausted", "media-ports-exhausted")
                     return
@@ -1143,6 +1163,19 @@ class Call:
         assert destination is not None
         uri = self.host.endpoint.contact_uri(destination.transport, destination.address[0])
         response.headers.set("Contact", f"<{uri}>")
+
+
+def _family_of(host: str | None) -> socket.AddressFamily:
+    """IPv6 for an IPv6 literal, else IPv4 (host names and the unknown included)."""
+    return socket.AF_INET6 if host is not None and ":" in host else socket.AF_INET
+
+
+def _first_audio_host(sdp: SessionDescription) -> str | None:
+    for media in sdp.media:
+        if media.media == "audio" and media.port != 0:
+            connection = media.connection or sdp.connection
+            return None if connection is None else connection.address
+    return None
 
 
 def _is_sdp(message: Request | Response) -> bool:

@@ -203,10 +203,13 @@ class CallMedia:
         self._negotiator = Negotiator(
             self._policies,
             transcoding=self.transcoding,
-            host=self.session.host_for_sdp,
+            host={"a": self.session.sdp_host("a"), "b": self.session.sdp_host("b")},
             ports={"a": ports["a"][0], "b": ports["b"][0]},
             origins=self._origins,
         )
+        for side, origin in self._origins.items():
+            origin.address = self.session.sdp_host(side)
+            origin.addrtype = "IP6" if ":" in origin.address else "IP4"
         for side in ("a", "b"):
             if not self._policies[side].nat:
                 # No latching to another host in the window: only the SDP host is the peer.

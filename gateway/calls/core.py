@@ -75,12 +75,14 @@ class CallCore:
         registrar: Registrar,
         digest: DigestServer,
         allocator: PortAllocator,
+        alternate_allocator: PortAllocator | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.registrar = registrar
         self.digest = digest
         self.allocator = allocator
+        self.alternate_allocator = alternate_allocator
         self.router = Router(config)
         self.attempts = RateLimiter(config.limits.cps_per_account)
         self.endpoint: SipEndpoint = None  # type: ignore[assignment]  # set by the service

@@ -303,12 +303,14 @@ class Negotiator:
         self,
         policies: dict[Side, LegPolicy],
         *,
-        host: str,
+        host: str | dict[Side, str],
         ports: dict[Side, int],
         origins: dict[Side, Origin],
         transcoding: bool = True,
     ) -> None:
-        self.host = host
+        # One address for both legs, or one per leg when they differ in family (IPv4
+        # toward one, IPv6 toward the other: the relay bridges them).
+        self.hosts: dict[Side, str] = host if isinstance(host, dict) else {"a": host, "b": host}
         self.transcoding = transcoding
         self._legs: dict[Side, _LegState] = {
             side: _LegState(policies[side], origins[side], ports[side]) for side in ("a", "b")
@@ -652,11 +654,11 @@ class Negotiator:
 
     def _render(self, side: Side, media: list[Media], times: Iterable[Timing]) -> bytes:
         leg = self._legs[side]
-        body = _session(leg.origin, self.host, media, times).to_bytes()
+        body = _session(leg.origin, self.hosts[side], media, times).to_bytes()
         if leg.last_body is not None and body != leg.last_body:
             # RFC 3264 8: a changed description carries a higher o= version.
             leg.origin = leg.origin.bumped()
-            body = _session(leg.origin, self.host, media, times).to_bytes()
+            body = _session(leg.origin, self.hosts[side], media, times).to_bytes()
         leg.last_body = body
         for stream in media:
             if stream.media == "audio" and stream.port != 0:

@@ -285,6 +285,11 @@ class MediaSession:
     (the public address when the box sits behind a 1:1 NAT); the sockets bind
     on the allocator's host. ``latch_window`` and ``symmetric_any_host`` are
     the latching policy of :mod:`gateway.media.latching`.
+
+    ``alternate`` (with its own ``alternate_host_for_sdp``) is an allocator of
+    the other address family: a leg opened in that family bridges IPv6 on one
+    leg and IPv4 on the other (the packet step does not care which family a
+    socket has).
     """
 
     def __init__(
@@ -295,9 +300,18 @@ class MediaSession:
         latch_window: float,
         clock: Callable[[], float] = trio.current_time,
         symmetric_any_host: bool = True,
+        alternate: PortAllocator | None = None,
+        alternate_host_for_sdp: str | None = None,
     ) -> None:
         self._allocator = allocator
         _, self.host_for_sdp = canonical_host(host_for_sdp)
+        self._allocators = {allocator.family: (allocator, self.host_for_sdp)}
+        if alternate is not None:
+            if alternate.family == allocator.family:
+                raise ValueError("the alternate media allocator must be of the other family")
+            _, alternate_host = canonical_host(alternate_host_for_sdp or alternate.host)
+            self._allocators[alternate.family] = (alternate, alternate_host)
+        self._families: dict[str, socket.AddressFamily] = {}
         self._clock = clock
         self.state = SessionState.create(
             latch_window=latch_window, symmetric_any_host=symmetric_any_host
@@ -337,6 +351,16 @@ class MediaSession:
                 latest = endpoint.last_rx
         return latest
 
+    @property
+    def families(self) -> tuple[socket.AddressFamily, ...]:
+        """The address families this session can open a leg in."""
+        return tuple(self._allocators)
+
+    def sdp_host(self, leg: str) -> str:
+        """The address written into SDP toward ``leg`` (its family is the leg's own)."""
+        family = self._families.get(leg, self._allocator.family)
+        return self._allocators[family][1]
+
     def set_remote(self, leg: str, host: str, rtp_port: int, rtcp_port: int | None = None) -> None:
         """Record the media address the peer of ``leg`` announced in its SDP.
 
@@ -351,11 +375,12 @@ class MediaSession:
         rtp_ep = self.state.endpoint(_as_leg(leg), "rtp")
         rtcp_ep = self.state.endpoint(_as_leg(leg), "rtcp")
         family, canonical = canonical_host(host)
-        if family != self._allocator.family:
+        mine = self._families.get(leg, self._allocator.family)
+        if family != mine:
             raise ValueError(
                 f"leg {leg}: remote media address {host} is "
-                f"{_family_name(family)} but the media sockets are "
-                f"{_family_name(self._allocator.family)}"
+                f"{_family_name(family)} but the leg's media sockets are "
+                f"{_family_name(mine)}"
             )
         _check_port(leg, "RTP", rtp_port)
         if rtcp_port is None:
@@ -502,25 +527,33 @@ class MediaSession:
         finally:
             self.close()
 
-    def open(self, nursery: trio.Nursery) -> LocalPorts:
+    def open(
+        self, nursery: trio.Nursery, families: dict[str, socket.AddressFamily] | None = None
+    ) -> LocalPorts:
         """Bind both legs' ports and start relaying in ``nursery``; the ports, bound.
 
         For a caller that already has a nursery (the call's own): no task or
         nursery of the session's own. Call :meth:`close` once ``nursery`` has
-        exited, so the sockets close only after their loops have ended.
+        exited, so the sockets close only after their loops have ended. ``families``
+        chooses a leg's address family (default: the main allocator's).
         """
-        ports = self._bind()
+        ports = self._bind(families)
         self._nursery = nursery
         self._start_pumps(nursery)
         return ports
 
-    def _bind(self) -> LocalPorts:
+    def _bind(self, families: dict[str, socket.AddressFamily] | None = None) -> LocalPorts:
         if self._run_called:
             raise RuntimeError("a MediaSession may be started only once (run() or open())")
         self._run_called = True
-        a = self._allocator.allocate()
+        for leg in ("a", "b"):
+            wanted = (families or {}).get(leg, self._allocator.family)
+            # A family the box has no media address in: the leg stays in the main one,
+            # and the offer/answer refuses the peer's address (488).
+            self._families[leg] = wanted if wanted in self._allocators else self._allocator.family
+        a = self._allocators[self._families["a"]][0].allocate()
         try:
-            b = self._allocator.allocate()
+            b = self._allocators[self._families["b"]][0].allocate()
         except BaseException:
             a.close()
             raise

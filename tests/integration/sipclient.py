@@ -587,6 +587,7 @@ class GatewaySettings:
     ipv6: bool = field(default_factory=lambda: has_ipv6_loopback())
     tls: bool = False  # also listen for TLS (on its own port), self-signed certificate
     tls_handshake_timeout: float = 10.0
+    media_host6: str = ""  # media sockets of the other family, for IPv4/IPv6 bridging
 
 
 def gateway_config_text(
@@ -635,6 +636,7 @@ def gateway_config_text(
 
             [media]
             host = "127.0.0.1"
+            host6 = "{settings.media_host6}"
             port_min = {media[0]}
             port_max = {media[1]}
 

@@ -60,6 +60,7 @@ class FakeHost:
     endpoint: FakeEndpoint
     config: Config
     allocator: PortAllocator
+    alternate_allocator: PortAllocator | None = None
 
 
 def make_call() -> tuple[Call, FakeEndpoint, Response]:

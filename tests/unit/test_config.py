@@ -348,6 +348,28 @@ def listen(*hosts: str) -> str:
             '[media]\nadvertised_host = "x y"',
             "media.advertised_host: must be empty or an IP address, got 'x y'",
         ),
+        (
+            '[media]\nhost6 = "v6.local"',
+            "media.host6: must be empty or an IP address, got 'v6.local'",
+        ),
+        (
+            '[media]\nhost6 = "127.0.0.2"',
+            "media.host6: must be of the other address family than media.host (127.0.0.1)",
+        ),
+        (
+            '[media]\nsrtp_suites = ["F8_128_HMAC_SHA1_80"]',
+            "media.srtp_suites[0]: must be one of AES_CM_128_HMAC_SHA1_80, "
+            "AES_CM_128_HMAC_SHA1_32, AEAD_AES_128_GCM, AEAD_AES_256_GCM",
+        ),
+        (
+            '[media]\nsdes_trusted_networks = ["10.0.0.0/33"]',
+            "media.sdes_trusted_networks[0]: must be a network like 10.0.0.0/8, got '10.0.0.0/33'",
+        ),
+        ("[media]\nptime = 25", "media.ptime: must be one of 10, 20, 30, 40, 60 (ms), got 25"),
+        (
+            '[media]\napp_codecs = ["GSM"]',
+            "media.app_codecs[0]: unknown codec 'GSM' (known: PCMA, PCMU, G722, G729, opus)",
+        ),
         # durations
         (
             "[media]\ntimeout = 0",

@@ -591,7 +591,7 @@ async def test_ipv6_relay(nursery: trio.Nursery) -> None:
         await b.send(rtp(2), ports["b"][0])
         assert await a.recv() == (rtp(2), ports["a"][0])
         assert session.stats()["a"]["rtp"]["latched"] == ["::1", a.port]
-        with pytest.raises(ValueError, match="is IPv4 but the media sockets are IPv6"):
+        with pytest.raises(ValueError, match="is IPv4 but the leg's media sockets are IPv6"):
             session.set_remote("b", LOOPBACK, 4000)
     finally:
         a.close()
@@ -613,7 +613,7 @@ async def test_set_remote_validation(allocator: PortAllocator) -> None:
         session.set_remote("c", LOOPBACK, 4000)
     with pytest.raises(ValueError, match="unknown leg 'x'"):
         session.open_latch_window("x")
-    with pytest.raises(ValueError, match="is IPv6 but the media sockets are IPv4"):
+    with pytest.raises(ValueError, match="is IPv6 but the leg's media sockets are IPv4"):
         session.set_remote("a", "2001:db8::1", 4000)
     with pytest.raises(ValueError, match="not a numeric"):
         MediaSession(allocator, host_for_sdp="gw.example.com", latch_window=1.0)
@@ -631,3 +631,34 @@ async def test_run_once_and_ports_only_after_start(
     await start(nursery, session)
     with pytest.raises(RuntimeError, match="only once"):
         await session.run()
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="this machine has no IPv6 loopback (::1)")
+async def test_legs_of_different_families_are_bridged() -> None:
+    """Leg a on IPv6, leg b on IPv4: each leg's sockets are its peer's family."""
+    base = free_pair(2)
+    v4 = PortAllocator(LOOPBACK, base, base + 3)
+    v6 = PortAllocator("::1", base, base + 3)
+    session = MediaSession(
+        v4, host_for_sdp=LOOPBACK, latch_window=10.0, clock=FakeClock(), alternate=v6
+    )
+    a, b = await Peer.bind("::1"), await Peer.bind(LOOPBACK)
+    try:
+        async with trio.open_nursery() as nursery:
+            ports = session.open(nursery, {"a": socket.AF_INET6, "b": socket.AF_INET})
+            assert (session.sdp_host("a"), session.sdp_host("b")) == ("::1", LOOPBACK)
+            session.set_remote("a", "::1", a.port)
+            session.set_remote("b", LOOPBACK, b.port)
+            with pytest.raises(ValueError, match="is IPv4 but the leg's media sockets are IPv6"):
+                session.set_remote("a", LOOPBACK, a.port)
+            await a.send(rtp(1), ports["a"][0])
+            assert (await b.recv())[0] == rtp(1)
+            await b.send(rtp(2), ports["b"][0])
+            assert (await a.recv())[0] == rtp(2)
+            nursery.cancel_scope.cancel()
+    finally:
+        session.close()
+        a.close()
+        b.close()
+    with pytest.raises(ValueError, match="must be of the other family"):
+        MediaSession(v4, host_for_sdp=LOOPBACK, latch_window=1.0, alternate=v4)
