@@ -195,7 +195,11 @@ class MediaPlan:
             return True
         if self.passthrough:
             return False
-        return (self.a.telephone_event is None) != (self.b.telephone_event is None)
+        a, b = self.a.telephone_event, self.b.telephone_event
+        if (a is None) != (b is None):
+            return True
+        # Relayed events keep their timestamps: both legs must count them at one clock.
+        return a is not None and b is not None and a.clock_rate != b.clock_rate
 
     def leg(self, side: Side) -> LegMedia:
         return self.a if side == "a" else self.b
@@ -514,7 +518,9 @@ class Negotiator:
         self.t38 = None
         if pending.offer is None:
             return self._legs[offerer].last_body or b"", self.plan
-        media = self._answer_media(offerer, pending.offer, their, answered.direction)
+        media = self._answer_media(
+            offerer, pending.offer, their, answered.direction, answered.codec
+        )
         return self._render(offerer, media, pending.offer.sdp.times), self.plan
 
     def answer_t38(self, side: Side, body: bytes) -> tuple[bytes, T38Plan]:
@@ -565,7 +571,11 @@ class Negotiator:
             rtcp_port=_rtcp_port(media, mux),
             rtcp_mux=mux,
             codec=chosen,
-            telephone_event=_match(events, pending.sent),
+            # RFC 4733 2.1: events count time at the audio's clock; one at another clock
+            # cannot share the stream's timeline, so it is as good as none.
+            telephone_event=_with_rate(
+                [e for e in events if _match([e], pending.sent)], chosen.clock_rate
+            ),
             comfort_noise=_match(noise, pending.sent),
             ptime=media.ptime or 20,
             direction=sdp.direction_of(media),
@@ -626,12 +636,13 @@ class Negotiator:
         )
 
     def _answer_media(
-        self, side: Side, offer: _Offered, mine: LegMedia, direction: str
+        self, side: Side, offer: _Offered, mine: LegMedia, direction: str, far: Codec
     ) -> list[Media]:
         """The answer's m= lines; ``direction`` is what the other leg answered us.
 
         Our offer copied the offerer's direction, so the other leg's answer to it is
-        the right answer to the offerer too (RFC 3264 6.1).
+        the right answer to the offerer too (RFC 3264 6.1). ``far`` is the other leg's
+        codec: its format parameters say what the far end wants to receive.
         """
         leg = self._legs[side]
         result: list[Media] = []
@@ -640,7 +651,7 @@ class Negotiator:
                 result.append(Media(offered.media, 0, offered.proto, list(offered.formats)))
                 continue
             media = Media("audio", leg.rtp_port, offered.proto, [])
-            codecs = [mine.codec, mine.telephone_event, mine.comfort_noise]
+            codecs = [_received_format(mine.codec, far), mine.telephone_event, mine.comfort_noise]
             _describe(media, [c for c in codecs if c is not None])
             media.attributes.append(("ptime", str(leg.policy.ptime)))
             _transport_attributes(media, leg.rtp_port, mine.rtcp_mux, answer=True)
@@ -880,6 +891,25 @@ def _with_rate(codecs: Sequence[Codec], rate: int) -> Codec | None:
         if codec.clock_rate == rate:
             return codec
     return None
+
+
+# What the gateway asks of an Opus sender it decodes (RFC 7587 6.1): in-band FEC, so a
+# lost packet is rebuilt from the next one; mono, which is all the transcoder uses.
+_OPUS_RECEIVE_FMTP = "useinbandfec=1;stereo=0;sprop-stereo=0"
+
+
+def _received_format(mine: Codec, far: Codec) -> Codec:
+    """``mine`` with the format parameters that describe what we want to receive.
+
+    Relayed, the far end receives what this leg sends: its parameters apply. Transcoded,
+    the gateway decodes: for Opus it asks for FEC; other codecs keep the offer's.
+    """
+    if mine.key == far.key:
+        return Codec(mine.encoding, mine.payload_type, mine.clock_rate, mine.channels, far.fmtp)
+    if mine.encoding.lower() == "opus":
+        fmtp = _OPUS_RECEIVE_FMTP
+        return Codec(mine.encoding, mine.payload_type, mine.clock_rate, mine.channels, fmtp)
+    return mine
 
 
 def _rtcp_port(media: Media, mux: bool) -> int:

@@ -283,3 +283,34 @@ def test_telephone_event_on_one_leg_only_needs_transcoding() -> None:
     _, without = deal.answer("b", trunk_answer())
     assert without.a.telephone_event is not None and without.b.telephone_event is None
     assert without.transcoding
+
+
+def test_opus_answer_asks_for_fec_when_transcoding_and_relays_far_preferences() -> None:
+    """The fmtp we answer with says what we want to receive (RFC 7587 6.1)."""
+    offer = sdp("m=audio 4000 RTP/AVP 111", "a=rtpmap:111 opus/48000/2", "a=fmtp:111 stereo=1")
+    transcoded = negotiator()
+    transcoded.offer("a", offer)
+    body, _ = transcoded.answer("b", trunk_answer())
+    assert audio(body).fmtp()[111] == "useinbandfec=1;stereo=0;sprop-stereo=0"
+    relayed = negotiator(APP, APP)
+    relayed.offer("a", offer)
+    far = sdp(
+        "m=audio 5000 RTP/AVP 111", "a=rtpmap:111 opus/48000/2", "a=fmtp:111 maxplaybackrate=16000"
+    )
+    body, plan = relayed.answer("b", far)
+    assert not plan.transcoding
+    assert audio(body).fmtp()[111] == "maxplaybackrate=16000"
+
+
+def test_telephone_event_at_another_clock_than_the_codec_counts_as_none() -> None:
+    """Opus at 48 kHz with events at 8 kHz on both legs: nothing to convert, relay."""
+    offer = sdp(
+        "m=audio 4000 RTP/AVP 111 101",
+        "a=rtpmap:111 opus/48000/2",
+        "a=rtpmap:101 telephone-event/8000",
+    )
+    deal = negotiator(APP, APP)
+    deal.offer("a", offer)
+    _, plan = deal.answer("b", offer)
+    assert plan.a.telephone_event is None and plan.b.telephone_event is None
+    assert not plan.transcoding
