@@ -92,6 +92,9 @@ LocalPorts = dict[str, tuple[int, int]]
 # RTP over UDP stays under the path MTU (1500); 2 KiB leaves room and keeps
 # the four buffers of a call at 8 KiB. Longer datagrams are dropped, not cut.
 _BUFFER_SIZE = 2048
+_DIRECTIONS: tuple[tuple[Leg, Leg], ...] = (("a", "b"), ("b", "a"))
+# How early a transcoded frame may go out, to serve both directions in one wake.
+_PLAYOUT_SLACK = 0.002
 # Packets drained per readiness wake before yielding to other calls.
 _BATCH = 64
 # Bind errors that mean "someone else has this port": try the next pair.
@@ -264,18 +267,16 @@ class _Transcoding:
     inbound: dict[Leg, Transcoder]
     rtcp: dict[Leg, LegRtcp]
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    wake: dict[Leg, trio.Event] = field(
-        default_factory=lambda: {"a": trio.Event(), "b": trio.Event()}
-    )
+    wake: trio.Event = field(default_factory=trio.Event)
 
     def receive_rtp(self, leg: Leg, data: bytes, now: float) -> None:
-        """Feed the leg's transcoder; wake its playout task if work is now due sooner."""
+        """Feed the leg's transcoder; wake the playout task if work is now due sooner."""
         transcoder = self.inbound[leg]
         before = transcoder.next_deadline()
         transcoder.push(data, now)
         after = transcoder.next_deadline()
         if after is not None and (before is None or after < before):
-            self.wake[leg].set()
+            self.wake.set()
 
 
 class MediaSession:
@@ -655,26 +656,34 @@ class MediaSession:
     async def _run_transcoding(self, state: _Transcoding) -> None:
         with state.scope:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._playout, state)
                 for leg in ("a", "b"):
-                    nursery.start_soon(self._playout, state, leg)
                     nursery.start_soon(self._report, state, leg)
 
-    async def _playout(self, state: _Transcoding, leg: Leg) -> None:
-        """Send what leg ``leg``'s transcoder makes, to the other leg, when it is due."""
-        other: Leg = "b" if leg == "a" else "a"
-        transcoder = state.inbound[leg]
+    async def _playout(self, state: _Transcoding) -> None:
+        """Send what both directions' transcoders make, each when it is due.
+
+        One task for both directions: a timed wait in Trio costs a cancel scope and an
+        exception, the largest per-frame cost after the codecs; the two directions'
+        frames are usually due within a millisecond of each other, and one wake then
+        serves both (a frame goes out at most ``_PLAYOUT_SLACK`` early).
+        """
+        transcoders = state.inbound
         while True:
-            deadline = transcoder.next_deadline()
-            wake = state.wake[leg]
-            with trio.move_on_at(math.inf if deadline is None else deadline):
+            deadlines = [d for d in (t.next_deadline() for t in transcoders.values()) if d]
+            wake = state.wake
+            with trio.move_on_at(min(deadlines) if deadlines else math.inf):
                 await wake.wait()
             if wake.is_set():
-                state.wake[leg] = trio.Event()
+                state.wake = trio.Event()
             now = trio.current_time()
-            if deadline is not None and now >= deadline:
-                packets = transcoder.pull(now)
-                if packets:
-                    await self._send_generated(other, "rtp", packets)
+            for leg, other in _DIRECTIONS:
+                transcoder = transcoders[leg]
+                deadline = transcoder.next_deadline()
+                if deadline is not None and now + _PLAYOUT_SLACK >= deadline:
+                    packets = transcoder.pull(max(now, deadline))
+                    if packets:
+                        await self._send_generated(other, "rtp", packets)
 
     async def _report(self, state: _Transcoding, leg: Leg) -> None:
         """Send the gateway's RTCP reports on ``leg``."""
