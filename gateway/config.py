@@ -215,6 +215,8 @@ class SubscriberConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     srtp: SrtpPolicy = "optional"
     fallback: bool = True
     balance: str = "0.00"
+    # Codec preference toward this user's app; empty: media.app_codecs.
+    codecs: list[str] = []
 
     def as_subscriber(self) -> Subscriber:
         """The store record provisioned from this entry."""
@@ -225,6 +227,7 @@ class SubscriberConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
             srtp=self.srtp,
             fallback=self.fallback,
             balance=self.balance,
+            codecs=list(self.codecs),
         )
 
 
@@ -676,6 +679,8 @@ def _subscriber_problems(
                 f"duplicate username {sub.username!r} (also subscribers[{seen[sub.username]}])",
             )
         seen.setdefault(sub.username, i)
+        if sub.codecs:
+            yield from _codec_problems(f"{key}.codecs", sub.codecs)
         if not sub.password:
             yield f"{key}.password", "must not be empty"
         elif sub.password.startswith(_DEMO_PREFIX) and not loopback_only:

@@ -137,7 +137,7 @@ def app_policy(config: Config, subscriber: Subscriber, *, secure: bool) -> LegPo
     media = config.media
     return LegPolicy(
         srtp=subscriber.srtp,
-        codecs=tuple(media.app_codecs),
+        codecs=tuple(subscriber.codecs or media.app_codecs),
         sdes_allowed=secure,
         suites=_suites(config),
         rtcp_mux=media.rtcp_mux,

@@ -34,6 +34,8 @@ class Subscriber(msgspec.Struct, frozen=True, kw_only=True):
     srtp: SrtpPolicy = "optional"
     fallback: bool = True
     balance: str = "0.00"
+    # This user's codec preference toward its app; empty: the gateway's (media.app_codecs).
+    codecs: list[str] = []
 
 
 class Binding(msgspec.Struct, frozen=True, kw_only=True):

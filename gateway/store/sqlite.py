@@ -98,6 +98,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             caller_call_id TEXT NOT NULL,
             callee_call_id TEXT)""",
     ),
+    # 1 -> 2: a subscriber's own codec preference, comma-separated ("" = the gateway's).
+    ("ALTER TABLE subscribers ADD COLUMN codecs TEXT NOT NULL DEFAULT ''",),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -430,7 +432,7 @@ def _select(
 
 
 def _subscriber_from_row(row: Sequence[object], numbers: list[str]) -> Subscriber:
-    username, password, srtp, fallback, balance = row
+    username, password, srtp, fallback, balance, codecs = row
     record = {
         "username": username,
         "password": password,
@@ -438,6 +440,7 @@ def _subscriber_from_row(row: Sequence[object], numbers: list[str]) -> Subscribe
         "srtp": srtp,
         "fallback": bool(fallback),
         "balance": balance,
+        "codecs": [c for c in str(codecs).split(",") if c],
     }
     try:
         return msgspec.convert(record, Subscriber)
@@ -445,7 +448,7 @@ def _subscriber_from_row(row: Sequence[object], numbers: list[str]) -> Subscribe
         raise StoreError(f"corrupt row in table subscribers: {exc}") from exc
 
 
-_SUBSCRIBER_SELECT = "SELECT username, password, srtp, fallback, balance FROM subscribers"
+_SUBSCRIBER_SELECT = "SELECT username, password, srtp, fallback, balance, codecs FROM subscribers"
 
 
 def _numbers_of(conn: sqlite3.Connection, username: str) -> list[str]:
@@ -480,16 +483,17 @@ def _subscriber_by_number(e164: str, conn: sqlite3.Connection) -> Subscriber | N
 def _upsert_subscriber(subscriber: Subscriber, conn: sqlite3.Connection) -> None:
     _check_numbers_free(conn, subscriber.username, subscriber.numbers)
     conn.execute(
-        "INSERT INTO subscribers (username, password, srtp, fallback, balance) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET "
+        "INSERT INTO subscribers (username, password, srtp, fallback, balance, codecs) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET "
         "password=excluded.password, srtp=excluded.srtp, fallback=excluded.fallback, "
-        "balance=excluded.balance",
+        "balance=excluded.balance, codecs=excluded.codecs",
         (
             subscriber.username,
             subscriber.password,
             subscriber.srtp,
             int(subscriber.fallback),
             subscriber.balance,
+            ",".join(subscriber.codecs),
         ),
     )
     conn.execute("DELETE FROM subscriber_numbers WHERE username=?", (subscriber.username,))

@@ -448,6 +448,10 @@ def listen(*hosts: str) -> str:
             "subscribers[0].username: must be 1 to 64 letters, digits or . _ ~ + -",
         ),
         (
+            '[[subscribers]]\nusername = "u"\npassword = "pw"\ncodecs = ["opus", "OPUS"]',
+            "subscribers[0].codecs[1]: codec 'OPUS' is listed twice",
+        ),
+        (
             '[[subscribers]]\nusername = "u"\npassword = ""',
             "subscribers[0].password: must not be empty",
         ),

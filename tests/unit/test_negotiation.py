@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.calls.call_media import app_policy
 from gateway.calls.negotiation import LegPolicy, MediaPlan, NegotiationError, Negotiator
+from gateway.config import default_config
 from gateway.media.srtp import SrtpSuite, new_crypto, parse_crypto
 from gateway.sip.sdp import Media, Origin, SessionDescription, parse_sdp
+from gateway.store.model import Subscriber
 
 CALLER_KEY = new_crypto(1, SrtpSuite.AES_CM_128_HMAC_SHA1_80)
 
@@ -314,3 +317,15 @@ def test_telephone_event_at_another_clock_than_the_codec_counts_as_none() -> Non
     _, plan = deal.answer("b", offer)
     assert plan.a.telephone_event is None and plan.b.telephone_event is None
     assert not plan.transcoding
+
+
+def test_a_subscribers_own_codecs_override_the_gateway_default() -> None:
+    """Codec preference per client: the subscriber's list, else media.app_codecs."""
+    config = default_config()
+    plain = Subscriber(username="1001", password="pw", numbers=[])
+    picky = Subscriber(username="1002", password="pw", numbers=[], codecs=["G722", "PCMU"])
+    assert app_policy(config, plain, secure=True).codecs == tuple(config.media.app_codecs)
+    assert app_policy(config, picky, secure=True).codecs == ("G722", "PCMU")
+    deal = negotiator(TRUNK, app_policy(config, picky, secure=True))
+    sent = audio(deal.offer("a", sdp("m=audio 6000 RTP/AVP 8")))
+    assert encodings(sent)[:3] == ["G722", "PCMU", "telephone-event"]

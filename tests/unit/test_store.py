@@ -17,7 +17,7 @@ import trio.testing
 
 from gateway.store.base import Store, StoreError
 from gateway.store.model import ActiveCall, Binding, Cdr, Subscriber
-from gateway.store.sqlite import SCHEMA_VERSION, SqliteStore
+from gateway.store.sqlite import _MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
@@ -134,7 +134,7 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.execute("UPDATE schema_version SET version=?", (SCHEMA_VERSION + 1,))
     conn.commit()
     conn.close()
-    with pytest.raises(StoreError, match=r"schema version 2 is newer"):
+    with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1} is newer"):
         await SqliteStore(path).open()
 
 
@@ -501,3 +501,24 @@ async def test_acknowledged_cdrs_survive_kill_9(tmp_path: Path) -> None:
     async with SqliteStore(path) as store:
         ids = {c.id for c in await store.list_cdrs(limit=1000)}
     assert ids == {f"k-{n}" for n in range(-1, 300)}
+
+
+async def test_a_version_1_store_gains_subscriber_codecs(tmp_path: Path) -> None:
+    """A store written before per-subscriber codecs opens, keeps its rows, and stores them."""
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    for statement in _MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+    conn.execute("INSERT INTO subscribers VALUES ('1001', 'pw', 'optional', 1, '5.00')")
+    conn.commit()
+    conn.close()
+    async with SqliteStore(path) as store:
+        old = await store.get_subscriber("1001")
+        assert old is not None and old.codecs == [] and old.balance == "5.00"
+        await store.upsert_subscriber(
+            Subscriber(username="1002", password="pw", numbers=[], codecs=["PCMA", "opus"])
+        )
+        again = await store.get_subscriber("1002")
+        assert again is not None and again.codecs == ["PCMA", "opus"]
