@@ -77,16 +77,24 @@ def _is_free(host: str, port: int, kind: socket.SocketKind) -> bool:
     return True
 
 
+# Ports picked for peers and gateways stay below the kernel's ephemeral range (32768 and
+# up): a port picked there can be handed to any socket bound to port 0 (a test's own
+# peer, a client connection) between the pick and the bind.
+SIGNALLING_PORTS = (21000, 29999)
+PEER_MEDIA_PORTS = (6000, 9999)
+GATEWAY_MEDIA_PORTS = (10000, 20999)
+
+
 def free_udp_port(host: str = "127.0.0.1", *, also_tcp: bool = False) -> int:
-    """A UDP port the kernel has just handed out as free (and free on TCP too if asked).
+    """A UDP port free now (and free on TCP too if asked), below the ephemeral range.
 
     Another process may take it before the caller binds it; tests accept that small race.
     """
     for _ in range(200):
-        with socket.socket(_family(host), socket.SOCK_DGRAM) as probe:
-            probe.bind((host, 0))
-            port: int = probe.getsockname()[1]
-        if not also_tcp or _is_free(host, port, socket.SOCK_STREAM):
+        port = random.randint(*SIGNALLING_PORTS)
+        if _is_free(host, port, socket.SOCK_DGRAM) and (
+            not also_tcp or _is_free(host, port, socket.SOCK_STREAM)
+        ):
             return port
     raise RuntimeError(f"no free port on {host} for UDP{' and TCP' if also_tcp else ''}")
 
@@ -95,8 +103,7 @@ def free_media_port(host: str = "127.0.0.1") -> int:
     """An even port P with P to P+3 free on UDP: sipp binds `-mp` P and P+2 (and RTCP may
     want P+1 and P+3)."""
     for _ in range(500):
-        # Above the gateway's default media range (20000-29999).
-        port = random.randrange(40000, 60000, 2)
+        port = random.randrange(PEER_MEDIA_PORTS[0], PEER_MEDIA_PORTS[1] - 3, 2)
         if all(_is_free(host, port + i, socket.SOCK_DGRAM) for i in range(4)):
             return port
     raise RuntimeError(f"no free block of 4 UDP ports on {host}")

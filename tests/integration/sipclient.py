@@ -46,6 +46,7 @@ from gateway.sip.message import (
     parse,
 )
 from gateway.transport.flow import hostport
+from tests.integration.peers import GATEWAY_MEDIA_PORTS, SIGNALLING_PORTS
 
 Address = tuple[str, int]
 Message = Request | Response
@@ -559,21 +560,26 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+# Ports the tests pick for the gateway stay below the kernel's ephemeral range, as in
+# peers.py: a port picked there can go to any socket bound to port 0 before the gateway
+# binds it.
+_SIP_PORTS = SIGNALLING_PORTS
+_MEDIA_PORTS = GATEWAY_MEDIA_PORTS
+
+
 def free_sip_port(hosts: Sequence[str]) -> int:
     """A port free for UDP and TCP on every host (free now; nothing reserves it)."""
     for _attempt in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((hosts[0], 0))
-            port: int = probe.getsockname()[1]
+        port = random.randint(*_SIP_PORTS)
         if all(_port_free(host, port) for host in hosts):
             return port
     raise RuntimeError("no free SIP port found")
 
 
 def media_range(size: int = 40) -> tuple[int, int]:
-    """An even-aligned port range in 30000-59999 with every port free now."""
+    """An even-aligned port range below the ephemeral ports with every port free now."""
     for _attempt in range(200):
-        low = random.randrange(30000, 60000 - size, 2)
+        low = random.randrange(_MEDIA_PORTS[0], _MEDIA_PORTS[1] - size, 2)
         if all(_port_free("127.0.0.1", p) for p in range(low, low + size)):
             return low, low + size - 1
     raise RuntimeError("no free media port range found")

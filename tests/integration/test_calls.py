@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.integration.peers import (
+    GATEWAY_MEDIA_PORTS,
     PLAY_PCAP_STEP,
     GatewayExited,
     GatewayProcess,
@@ -131,7 +132,9 @@ class Lab:
     stack: contextlib.ExitStack
     sip_port: int = field(default_factory=lambda: free_udp_port(also_tcp=True))
     trunk_port: int = field(default_factory=free_udp_port)
-    media_min: int = field(default_factory=lambda: random.randrange(30000, 39000, MEDIA_SPAN))
+    media_min: int = field(
+        default_factory=lambda: random.randrange(*GATEWAY_MEDIA_PORTS, MEDIA_SPAN)
+    )
     gateway: GatewayProcess | None = None
 
     @property

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.integration.peers import (
+    GATEWAY_MEDIA_PORTS,
     SCENARIOS,
     SIPP_SOME_FAILED,
     RtpPeer,
@@ -582,7 +583,7 @@ def test_uas_scenarios_answer_options(runs: list[SippRun], tmp_path: Path, scena
 def test_gateway_process_register_call_and_media(runs: list[SippRun]) -> None:
     """The material end to end: `edgegw run` as a child process, register.xml, uac_call.xml
     with an RtpPeer as the app's media, carrier_uas.xml echoing RTP behind the trunk."""
-    media_min = random.randrange(30000, 39000, 100)
+    media_min = random.randrange(*GATEWAY_MEDIA_PORTS, 100)
     with tempfile.TemporaryDirectory(prefix="egw-") as short:
         tmp = Path(short)
         carrier = SippRun("carrier_uas", workdir=tmp, name="carrier", timeout=15, rtp_echo=True)
