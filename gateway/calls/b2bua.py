@@ -66,6 +66,7 @@ from gateway.sip.sdp import (
     Origin,
     SdpError,
     SessionDescription,
+    is_hold,
     parse_sdp,
 )
 from gateway.sip.session_timer import (
@@ -166,19 +167,6 @@ class _Resend:
     interval: float
     due: float
     give_up: float
-
-
-def media_target(sdp: SessionDescription) -> tuple[str, int, int | None] | None:
-    """The address, RTP and RTCP ports of the first live audio stream."""
-    for media in sdp.media:
-        if media.media != "audio" or media.port == 0:
-            continue
-        connection = media.connection or sdp.connection
-        if connection is None:
-            return None
-        rtcp = media.port if media.rtcp_mux else (media.rtcp_port or media.port + 1)
-        return connection.address, media.port, rtcp
-    return None
 
 
 def new_origin(host: str) -> Origin:
@@ -1196,9 +1184,7 @@ def _on_hold(sdp: SessionDescription) -> bool:
     """Held calls send little or no media, so the media timeout must not end them."""
     for media in sdp.media:
         if media.media == "audio" and media.port != 0:
-            connection = media.connection or sdp.connection
-            held_address = connection is not None and connection.address in ("0.0.0.0", "::")
-            return held_address or media.direction in ("sendonly", "inactive")
+            return is_hold(media, sdp)
     return False
 
 

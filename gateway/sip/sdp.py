@@ -1,4 +1,4 @@
-"""SDP session descriptions: parse, serialize, rewrite for the relay, answer audio offers.
+"""SDP session descriptions: parse, serialize, and tell a hold (sans-IO).
 
 Implements:
 
@@ -7,8 +7,8 @@ Implements:
   order, unknown ones included, so serializing a parsed description gives the same
   bytes for well-formed CRLF input. LF-only input is accepted (and written back as CRLF).
 * RFC 3551 section 6: static payload types known without an a=rtpmap.
-* RFC 3264 sections 5-6, 6.1, 8.4: answering an audio offer (formats in the offerer's
-  order, refused streams with port 0, directions) and hold detection.
+* RFC 3264 section 8.4: hold detection. The offer/answer of each leg is
+  :mod:`gateway.calls.negotiation`.
 * RFC 3605: a=rtcp; RFC 5761 section 5.1.1: a=rtcp-mux.
 
 Limits keep hostile input cheap: at most 1000 lines, 64 m= lines and 64 KiB. Every
@@ -38,9 +38,7 @@ __all__ = [
     "SessionDescription",
     "Timing",
     "is_hold",
-    "negotiate_answer",
     "parse_sdp",
-    "rewrite_for_relay",
 ]
 
 MAX_LINES = 1000
@@ -48,32 +46,6 @@ MAX_MEDIA = 64
 MAX_BYTES = 65536
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-# RFC 3264 6.1: what an answerer says to each offered direction.
-_ANSWER_DIRECTION = {
-    "sendrecv": "sendrecv",
-    "sendonly": "recvonly",
-    "recvonly": "sendonly",
-    "inactive": "inactive",
-}
-# Attributes that describe one leg's transport security / ICE; they must not be relayed
-# to the other leg, whose keys and candidates are the gateway's own.
-LEG_ATTRIBUTES = frozenset(
-    {
-        "crypto",
-        "fingerprint",
-        "setup",
-        "candidate",
-        "remote-candidates",
-        "ice-ufrag",
-        "ice-pwd",
-        "ice-options",
-        "ice-lite",
-        "ice-mismatch",
-        "end-of-candidates",
-    }
-)
-# Encodings that ride along with a codec but are never one by themselves.
-_AUXILIARY_ENCODINGS = frozenset({"telephone-event", "cn"})
 _UNSPECIFIED_ADDRESSES = frozenset({"0.0.0.0", "::"})
 
 _TOKEN_CHARS = frozenset(
@@ -726,7 +698,7 @@ def parse_sdp(data: bytes) -> SessionDescription:
     return _Parser(_split_lines(data)).run()
 
 
-# --- relay rewriting ---------------------------------------------------------------------
+# --- hold -------------------------------------------------------------------------------
 
 
 def _uses_ice(media: Media | None, session: SessionDescription) -> bool:
@@ -741,146 +713,6 @@ def _hold_address(
 ) -> bool:
     """c=0.0.0.0 as an RFC 2543 hold, not ICE's placeholder (RFC 8839 5.1, RFC 8840)."""
     return connection is not None and connection.is_unspecified and not _uses_ice(media, session)
-
-
-def _check_ports(sdp: SessionDescription, ports: list[int]) -> None:
-    if len(ports) != len(sdp.media):
-        raise ValueError(f"ports: expected {len(sdp.media)} (one per m= line), got {len(ports)}")
-    for port in ports:
-        if not 0 <= port <= 65534:
-            raise ValueError(f"ports: {port} out of range")
-
-
-def rewrite_for_relay(
-    sdp: SessionDescription,
-    *,
-    address: str,
-    ports: list[int],
-    origin: Origin,
-    remove_rtcp_mux: bool = False,
-) -> SessionDescription:
-    """A copy of ``sdp`` that points the other leg at the relay.
-
-    c= lines (session and media) carry ``address`` (IP4/IP6 chosen from it), each m= port
-    becomes ``ports[i]`` (a refused stream keeps port 0), a=rtcp is set to port+1 unless
-    rtcp-mux stays, o= becomes ``origin``, and the crypto/ICE attributes of the original
-    leg are removed at both levels. Codecs, fmtp, ptime and directions are untouched;
-    the proto is too (the caller adds its own a=crypto for a SAVP leg).
-    """
-    _check_ports(sdp, ports)
-    fresh = Connection.for_address(address)
-    # A hold address is kept, not replaced, so the hold reaches the other leg.
-    session_hold = _hold_address(sdp.connection, None, sdp)
-    media_holds = [_hold_address(m.connection, m, sdp) for m in sdp.media]
-    result = sdp.copy()
-    result.origin = copy.copy(origin)
-    result.attributes = [a for a in result.attributes if a[0] not in LEG_ATTRIBUTES]
-    if result.connection is not None and not session_hold:
-        result.connection = copy.copy(fresh)
-    for media, port, hold in zip(result.media, ports, media_holds, strict=True):
-        if not hold and (media.connection is not None or result.connection is None):
-            media.connection = copy.copy(fresh)
-        _rewrite_media(media, port, remove_rtcp_mux=remove_rtcp_mux)
-    return result
-
-
-def _rewrite_media(media: Media, port: int, *, remove_rtcp_mux: bool) -> None:
-    # Port 0 from the offer stays refused; port 0 from the caller refuses the stream.
-    refused = media.port == 0 or port == 0
-    media.port = 0 if refused else port
-    media.port_count = None
-    drop = LEG_ATTRIBUTES | {"rtcp-mux"} if remove_rtcp_mux else LEG_ATTRIBUTES
-    media.attributes = [a for a in media.attributes if a[0] not in drop]
-    if refused or media.rtcp_mux or not media.is_rtp:
-        media.attributes = [a for a in media.attributes if a[0] != "rtcp"]
-    else:
-        _replace_attribute(media.attributes, {"rtcp"}, ("rtcp", str(media.port + 1)))
-
-
-# --- offer/answer ------------------------------------------------------------------------
-
-# Packetization attributes an answerer may echo; everything else is the offerer's.
-_ANSWER_COPIED = frozenset({"ptime", "maxptime"})
-
-
-def _wanted(supported: list[str]) -> list[tuple[str, int | None]]:
-    """Parse "PCMA" / "opus/48000" entries into (lower-case name, clock rate or None)."""
-    wanted: list[tuple[str, int | None]] = []
-    for entry in supported:
-        name, slash, rate = entry.partition("/")
-        clock = _uint(rate.split("/")[0], 10_000_000) if slash else None
-        if not name or (slash and clock is None):
-            raise ValueError(f"supported: bad encoding {entry!r}")
-        wanted.append((name.lower(), clock))
-    return wanted
-
-
-def _accepts(wanted: list[tuple[str, int | None]], entry: RtpMap) -> bool:
-    name = entry.encoding.lower()
-    return any(name == w and (rate is None or rate == entry.clock_rate) for w, rate in wanted)
-
-
-def _answer_media(
-    offered: Media,
-    direction: str,
-    wanted: list[tuple[str, int | None]],
-    port: int,
-    rtcp_mux: bool,
-) -> Media:
-    refused = Media(offered.media, 0, offered.proto, list(offered.formats))
-    if offered.media != "audio" or offered.port == 0 or not offered.is_rtp:
-        return refused
-    encodings = offered.rtpmap()
-    chosen = [pt for pt, entry in encodings.items() if _accepts(wanted, entry)]
-    if all(encodings[pt].encoding.lower() in _AUXILIARY_ENCODINGS for pt in chosen):
-        return refused
-    kept = {str(pt) for pt in chosen}
-    attributes = [a for a in offered.attributes if _copied_to_answer(a, kept)]
-    if rtcp_mux and offered.rtcp_mux:
-        attributes.append(("rtcp-mux", None))
-    attributes.append((_ANSWER_DIRECTION[direction], None))
-    formats = [str(pt) for pt in chosen]
-    return Media(offered.media, port, offered.proto, formats, attributes=attributes)
-
-
-def _copied_to_answer(attribute: Attribute, kept: set[str]) -> bool:
-    key, value = attribute
-    if key in ("rtpmap", "fmtp"):
-        return value is not None and value.split(" ")[0] in kept
-    return key in _ANSWER_COPIED
-
-
-def negotiate_answer(
-    offer: SessionDescription,
-    supported: list[str],
-    *,
-    address: str,
-    ports: list[int],
-    origin: Origin,
-    rtcp_mux: bool = False,
-) -> SessionDescription:
-    """RFC 3264 6 answer to ``offer`` for audio streams.
-
-    Each m= line is answered in order. An audio stream keeps the offered formats whose
-    encoding is in ``supported`` ("PCMA", "opus/48000", "telephone-event"...; names are
-    case-insensitive, a clock rate narrows the match), in the offerer's order; it is
-    refused (port 0) when no real codec remains. Other media are refused. Directions
-    are answered per 6.1; a=rtcp-mux is echoed only when ``rtcp_mux`` is set and offered.
-    The proto is kept; for RTP/SAVP the caller adds the answering a=crypto.
-    """
-    _check_ports(offer, ports)
-    wanted = _wanted(supported)
-    media = [
-        _answer_media(m, offer.direction_of(m), wanted, port, rtcp_mux)
-        for m, port in zip(offer.media, ports, strict=True)
-    ]
-    return SessionDescription(
-        origin=copy.copy(origin),
-        session_name="-",
-        connection=Connection.for_address(address),
-        times=[Timing(t.start, t.stop) for t in offer.times] or [Timing(0, 0)],
-        media=media,
-    )
 
 
 def is_hold(media: Media, session: SessionDescription | None = None) -> bool:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.calls.b2bua import best_status, map_status, media_target
+from gateway.calls.b2bua import best_status, map_status
 from gateway.calls.call import CallRecord, disposition_for
 from gateway.calls.registrar import ExpiryPolicy, RegisterRefused, decide, destination_of
 from gateway.calls.router import AppRoute, Refusal, Router, TrunkRoute, pick_trunk, to_e164
 from gateway.config import parse_config
 from gateway.sip.message import Request, parse
-from gateway.sip.sdp import parse_sdp
 from gateway.sip.uri import parse_uri
 from gateway.store.model import Binding, Subscriber
 from gateway.transport.flow import Flow
@@ -178,19 +177,6 @@ def test_status_mapping_hides_callee_side_auth_and_redirects() -> None:
     assert map_status(407)[0] == 503
     assert map_status(302)[0] == 480
     assert map_status(486) == (486, None)
-
-
-def test_media_target_reads_connection_and_rtcp() -> None:
-    sdp = parse_sdp(
-        b"v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n"
-        b"m=video 0 RTP/AVP 96\r\nm=audio 4000 RTP/AVP 8\r\na=rtcp:4005\r\n"
-    )
-    assert media_target(sdp) == ("198.51.100.1", 4000, 4005)
-    muxed = parse_sdp(
-        b"v=0\r\no=- 1 1 IN IP4 h\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\n"
-        b"m=audio 5000 RTP/AVP 0\r\na=rtcp-mux\r\n"
-    )
-    assert media_target(muxed) == ("198.51.100.2", 5000, 5000)
 
 
 @pytest.mark.parametrize(
