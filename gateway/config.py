@@ -39,6 +39,7 @@ __all__ = [
     "ListenConfig",
     "MediaConfig",
     "PartnerConfig",
+    "RoutingConfig",
     "SipConfig",
     "SubscriberConfig",
     "TrunkConfig",
@@ -196,6 +197,15 @@ class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     socket: str = ""
 
 
+class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    # The number plan dialled numbers are read in (gateway.calls.numbers.PLANS).
+    country: str = "CN"
+    # Global switch for calling a subscriber's phone number when the app is not there.
+    fallback_to_number: bool = True
+    # Emergency short codes; empty: the country plan's list.
+    emergency: list[str] = []
+
+
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     listen: str = "127.0.0.1:8080"
 
@@ -268,6 +278,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     limits: LimitsConfig = LimitsConfig()
     control: ControlConfig = ControlConfig()
     http: HttpConfig = HttpConfig()
+    routing: RoutingConfig = RoutingConfig()
     subscribers: list[SubscriberConfig] = []
     trunks: list[TrunkConfig] = []
     partners: list[PartnerConfig] = []
@@ -435,6 +446,7 @@ def _problems(config: Config) -> Iterator[Problem]:
     yield from _media_problems(config.media)
     yield from _limits_problems(config.limits)
     yield from _http_problems(config.http)
+    yield from _routing_problems(config.routing)
     yield from _subscriber_problems(config.subscribers, config.sip.listen)
     yield from _trunk_problems(config.trunks)
     yield from _partner_problems(config.partners, config.http)
@@ -618,6 +630,17 @@ def _alternate_host_problems(media: MediaConfig) -> Iterator[Problem]:
 
 
 _PTIMES = (10, 20, 30, 40, 60)
+
+
+def _routing_problems(routing: RoutingConfig) -> Iterator[Problem]:
+    from gateway.calls.numbers import PLANS  # the plans live with the call logic
+
+    if routing.country not in PLANS:
+        known = ", ".join(sorted(PLANS))
+        yield "routing.country", f"must be one of {known}, got {routing.country!r}"
+    for i, code in enumerate(routing.emergency):
+        if not code.isdigit() or not 2 <= len(code) <= 6:
+            yield f"routing.emergency[{i}]", f"must be a short code of 2 to 6 digits, got {code!r}"
 
 
 def _ptime_problem(key: str, ptime: int) -> Iterator[Problem]:

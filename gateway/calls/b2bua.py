@@ -169,6 +169,15 @@ class _Resend:
     give_up: float
 
 
+def _route_label(route: AppRoute | TrunkRoute) -> str:
+    """The CDR's word for the route: app, trunk, or why a trunk (fallback, emergency)."""
+    if isinstance(route, AppRoute):
+        return "app"
+    if route.emergency:
+        return "emergency"
+    return "fallback" if route.fallback_for else "trunk"
+
+
 def new_origin(host: str) -> Origin:
     session = secrets.randbelow(2**31) + 1
     addrtype = "IP6" if ":" in host else "IP4"
@@ -217,7 +226,7 @@ class Call:
             id=secrets.token_hex(8),
             caller=caller.username,
             callee=callee,
-            route="app" if isinstance(route, AppRoute) else "trunk",
+            route=_route_label(route),
             trunk=route.trunk.name if isinstance(route, TrunkRoute) else None,
             caller_call_id=self.invite.call_id,
         )

@@ -41,7 +41,7 @@ class CallRecord:
     id: str
     caller: str
     callee: str
-    route: str  # "app" | "trunk"
+    route: str  # "app", "trunk", "fallback" (a subscriber's number) or "emergency"
     trunk: str | None
     caller_call_id: str
     callee_call_id: str = ""

@@ -17,7 +17,7 @@ import trio
 from gateway.calls.b2bua import ALLOW, Call
 from gateway.calls.limits import RateLimiter
 from gateway.calls.registrar import Registrar
-from gateway.calls.router import Refusal, Router
+from gateway.calls.router import Refusal, Router, TrunkRoute
 from gateway.config import Config
 from gateway.media.relay import PortAllocator
 from gateway.sip.auth import AuthOutcome, DigestServer
@@ -250,19 +250,21 @@ class CallCore:
             server.refuse(exc.status or 400, str(exc))
             return
         caller = self.subscribers[username]
-        if not self.attempts.allow(username, time.monotonic()):
+        target = request.parsed_uri
+        assert isinstance(target, SipUri | TelUri)
+        route = self.router.route(target, self.subscribers, self.numbers, self.registrar.bindings)
+        # Emergency calls go through whatever the limits say (issue 4: never blocked).
+        emergency = isinstance(route, TrunkRoute) and route.emergency
+        if not emergency and not self.attempts.allow(username, time.monotonic()):
             self.stats.calls_rate_limited += 1
             response = make_response(request, 503, "Call Rate Limit Exceeded")
             response.headers.set("Retry-After", "1")
             server.reject(response)
             return
-        if len(self.calls) >= self.config.limits.max_calls:
+        if not emergency and len(self.calls) >= self.config.limits.max_calls:
             self.stats.calls_refused += 1
             server.refuse(503, "Too Many Calls")
             return
-        target = request.parsed_uri
-        assert isinstance(target, SipUri | TelUri)
-        route = self.router.route(target, self.subscribers, self.numbers, self.registrar.bindings)
         if isinstance(route, Refusal):
             self.stats.calls_refused += 1
             server.refuse(route.status, route.reason)

@@ -1,16 +1,23 @@
 """Where a call goes: to a registered app user, or out on a carrier trunk.
 
-The router only decides; the B2BUA carries the decision out. This is the
-foundation's routing (app-to-app when the callee is a registered subscriber,
-everything else to the trunk whose prefix matches longest); fallback,
-least-cost routing and number plans build on it.
+The router only decides; the B2BUA carries the decision out:
+
+* a subscriber (by name or by one of its numbers) who is registered: app to app;
+* one who is not: its phone number through a carrier, when the subscriber and the
+  global policy allow it (``routing.fallback_to_number``), else 480;
+* an emergency short code of the number plan: a carrier, always (no limits apply);
+* any other number, read in the configured country's plan (national, international
+  or E.164 form): the trunk whose prefix matches longest.
+
+Least-cost routing and failover after the app leg fails build on this (issue 4).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from gateway.calls.numbers import PLANS, DialledKind, NumberError, NumberPlan, classify
 from gateway.config import Config, TrunkConfig
 from gateway.sip.uri import SipUri, TelUri
 from gateway.store.model import Binding, Subscriber
@@ -25,7 +32,10 @@ class AppRoute:
 @dataclass(frozen=True, slots=True)
 class TrunkRoute:
     trunk: TrunkConfig
-    number: str  # E.164 with "+"
+    number: str  # E.164 with "+", or an emergency short code
+    emergency: bool = False
+    # The callee is a subscriber whose app is not there: its phone number instead.
+    fallback_for: str | None = None
 
     @property
     def request_uri(self) -> str:
@@ -47,21 +57,6 @@ def dialled(uri: SipUri | TelUri) -> str | None:
     return uri.user
 
 
-def to_e164(digits: str) -> str | None:
-    """'+86139...' or '0086139...' or '86139...' -> '+86139...'; None when not a number."""
-    cleaned = digits.replace("-", "").replace(".", "").replace(" ", "").replace("(", "")
-    cleaned = cleaned.replace(")", "")
-    if cleaned.startswith("+"):
-        body = cleaned[1:]
-    elif cleaned.startswith("00"):
-        body = cleaned[2:]
-    else:
-        body = cleaned
-    if not body.isdigit() or not 3 <= len(body) <= 15:
-        return None
-    return "+" + body
-
-
 def pick_trunk(trunks: list[TrunkConfig], number: str) -> TrunkConfig | None:
     """Longest matching prefix (a prefix is compared without its '+')."""
     digits = number.lstrip("+")
@@ -74,9 +69,19 @@ def pick_trunk(trunks: list[TrunkConfig], number: str) -> TrunkConfig | None:
     return best[1] if best else None
 
 
+def number_plan(config: Config) -> NumberPlan:
+    """The configured country's plan, with the configured emergency codes if any."""
+    plan = PLANS[config.routing.country]
+    if config.routing.emergency:
+        plan = replace(plan, emergency=frozenset(config.routing.emergency))
+    return plan
+
+
 class Router:
     def __init__(self, config: Config) -> None:
         self.trunks = list(config.trunks)
+        self.plan = number_plan(config)
+        self.fallback = config.routing.fallback_to_number
 
     def route(
         self,
@@ -89,17 +94,41 @@ class Router:
         if not user:
             return Refusal(404, "Not Found")
         callee = subscribers.get(user)
-        number = to_e164(user) if callee is None else None
-        if callee is None and number is not None:
-            callee = numbers.get(number)
         if callee is not None:
-            contacts = bindings_of(callee.username)
-            if contacts:
-                return AppRoute(callee, contacts)
-            return Refusal(480, "Temporarily Unavailable")
-        if number is None:
+            return self._to_subscriber(callee, bindings_of)
+        try:
+            where = classify(user, self.plan)
+        except NumberError:
             return Refusal(404, "Not Found")
-        trunk = pick_trunk(self.trunks, number)
+        if where.kind is DialledKind.EMERGENCY:
+            return self._emergency(where.number)
+        callee = numbers.get(where.number)
+        if callee is not None:
+            return self._to_subscriber(callee, bindings_of)
+        trunk = pick_trunk(self.trunks, where.number)
         if trunk is None:
             return Refusal(404, "No Route To Destination")
-        return TrunkRoute(trunk, number)
+        return TrunkRoute(trunk, where.number)
+
+    def _to_subscriber(
+        self, callee: Subscriber, bindings_of: Callable[[str], list[Binding]]
+    ) -> Route:
+        contacts = bindings_of(callee.username)
+        if contacts:
+            return AppRoute(callee, contacts)
+        if self.fallback and callee.fallback and callee.numbers:
+            number = callee.numbers[0]
+            trunk = pick_trunk(self.trunks, number)
+            if trunk is not None:
+                return TrunkRoute(trunk, number, fallback_for=callee.username)
+        return Refusal(480, "Temporarily Unavailable")
+
+    def _emergency(self, code: str) -> Route:
+        """The default trunk, else the one for the home country, else any trunk."""
+        home = "+" + self.plan.country_code
+        trunk = next((t for t in self.trunks if t.default), None) or pick_trunk(self.trunks, home)
+        if trunk is None and self.trunks:
+            trunk = self.trunks[0]
+        if trunk is None:
+            return Refusal(503, "No Trunk For Emergency Calls")
+        return TrunkRoute(trunk, code, emergency=True)

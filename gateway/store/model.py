@@ -69,7 +69,8 @@ class Binding(msgspec.Struct, frozen=True, kw_only=True):
 class Cdr(msgspec.Struct, frozen=True, kw_only=True):
     """A call detail record: one finished call attempt, answered or not.
 
-    ``route`` is "app" or "trunk"; ``duration`` is seconds from answer to end (0.0 for an
+    ``route`` is "app", "trunk", "fallback" (a subscriber's phone number because its app
+    was not there) or "emergency"; ``duration`` is seconds from answer to end (0.0 for an
     unanswered call); ``disposition`` is one of "answered", "busy", "no-answer",
     "cancelled", "failed", "rejected"; ``end_reason`` says who or what ended it (e.g.
     "caller-bye", "media-timeout", "gateway-restart"); ``sip_status`` is the final status

@@ -594,6 +594,7 @@ class GatewaySettings:
     tls: bool = False  # also listen for TLS (on its own port), self-signed certificate
     tls_handshake_timeout: float = 10.0
     media_host6: str = ""  # media sockets of the other family, for IPv4/IPv6 bridging
+    cps_per_account: int = 1000
 
 
 def gateway_config_text(
@@ -639,6 +640,9 @@ def gateway_config_text(
             tcp_idle_timeout = {settings.tcp_idle_timeout}
             min_expires = {settings.min_expires}
             tls_handshake_timeout = {settings.tls_handshake_timeout}
+
+            [limits]
+            cps_per_account = {settings.cps_per_account}
 
             [media]
             host = "127.0.0.1"

@@ -363,15 +363,15 @@ async def test_unknown_user_gets_403(peer: UdpPeer, trunk: UdpPeer) -> None:
 async def test_replayed_nonce_count_is_rechallenged_as_stale(
     gw: GatewayUnderTest, peer: UdpPeer
 ) -> None:
-    first = peer.invite("1001", "1002")
+    first = peer.invite("1001", "nobody")
     challenge = await peer.transact(first)
     accepted = peer.authorize(first, challenge, "1001")
     response = await peer.transact(accepted)
-    # Authenticated: 1002 has no binding, so the router answers 480.
-    assert (response.status, response.reason) == (480, "Temporarily Unavailable")
+    # Authenticated: no such user and not a number, so the router answers 404.
+    assert (response.status, response.reason) == (404, "Not Found")
     assert gw.running.core.digest.replay_entries == 1
 
-    second = peer.invite("1001", "1002")
+    second = peer.invite("1001", "nobody")
     assert second.call_id != first.call_id
     second.headers.set("CSeq", "2 INVITE")
     credentials = accepted.headers.get("Proxy-Authorization")
@@ -385,7 +385,7 @@ async def test_replayed_nonce_count_is_rechallenged_as_stale(
 
 
 async def test_expired_nonce_is_rechallenged_as_stale(gw: GatewayUnderTest, peer: UdpPeer) -> None:
-    invite = peer.invite("1001", "1002")
+    invite = peer.invite("1001", "nobody")
     challenge = await peer.transact(invite)
     await trio.sleep(gw.running.config.sip.nonce_ttl + 0.3)
     late = peer.authorize(invite, challenge, "1001")
@@ -395,7 +395,7 @@ async def test_expired_nonce_is_rechallenged_as_stale(gw: GatewayUnderTest, peer
     # The UA answers the fresh challenge without asking its user again, and gets through.
     fresh = peer.authorize(late, response, "1001")
     response = await peer.transact(fresh)
-    assert (response.status, response.reason) == (480, "Temporarily Unavailable")
+    assert (response.status, response.reason) == (404, "Not Found")
     await assert_alive(peer)
 
 

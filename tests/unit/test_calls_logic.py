@@ -7,7 +7,7 @@ import pytest
 from gateway.calls.b2bua import best_status, map_status
 from gateway.calls.call import CallRecord, disposition_for
 from gateway.calls.registrar import ExpiryPolicy, RegisterRefused, decide, destination_of
-from gateway.calls.router import AppRoute, Refusal, Router, TrunkRoute, pick_trunk, to_e164
+from gateway.calls.router import AppRoute, Refusal, Router, TrunkRoute, pick_trunk
 from gateway.config import parse_config
 from gateway.sip.message import Request, parse
 from gateway.sip.uri import parse_uri
@@ -139,8 +139,45 @@ def test_route_to_registered_subscriber_by_name_or_number() -> None:
     assert isinstance(by_number, AppRoute) and by_number.subscriber is BOB
 
 
-def test_route_unregistered_subscriber_is_temporarily_unavailable() -> None:
-    assert route("sip:1002@gw") == Refusal(480, "Temporarily Unavailable")
+def test_route_unregistered_subscriber_falls_back_to_its_number() -> None:
+    for target in ("sip:1002@gw", "sip:+8613900139002@gw", "sip:13900139002@gw"):
+        fallback = route(target)
+        assert isinstance(fallback, TrunkRoute), target
+        assert (fallback.trunk.name, fallback.number) == ("cn", "+8613900139002")
+        assert fallback.fallback_for == "1002" and not fallback.emergency
+
+
+def test_route_unregistered_subscriber_without_fallback_is_temporarily_unavailable() -> None:
+    unavailable = Refusal(480, "Temporarily Unavailable")
+    no_fallback = Subscriber(
+        username="1003", password="z", numbers=["+8613900139003"], fallback=False
+    )
+    no_number = Subscriber(username="1004", password="z", numbers=[])
+    subscribers = {"1003": no_fallback, "1004": no_number}
+    for user in subscribers:
+        uri = parse_uri(f"sip:{user}@gw")
+        assert Router(CONFIG).route(uri, subscribers, {}, lambda aor: []) == unavailable
+    switched_off = parse_config(
+        '[routing]\nfallback_to_number = false\n[[trunks]]\nname = "t"\nhost = "198.51.100.5"',
+        source="off.toml",
+    )
+    uri = parse_uri("sip:1002@gw")
+    assert Router(switched_off).route(uri, SUBSCRIBERS, NUMBERS, lambda aor: []) == unavailable
+
+
+@pytest.mark.parametrize("code", ["110", "119", "120", "122", "112", "911"])
+def test_emergency_short_codes_go_to_a_carrier(code: str) -> None:
+    emergency = route(f"sip:{code}@gw")
+    assert isinstance(emergency, TrunkRoute) and emergency.emergency
+    assert emergency.number == code and emergency.trunk.name == "cn"
+    assert route("sip:+86110@gw") == Refusal(404, "Not Found")
+
+
+def test_national_dialling_is_read_in_the_country_plan() -> None:
+    mobile = route("sip:13800138000@gw")
+    landline = route("sip:01012345678@gw")
+    assert isinstance(mobile, TrunkRoute) and mobile.number == "+8613800138000"
+    assert isinstance(landline, TrunkRoute) and landline.number == "+861012345678"
 
 
 def test_route_numbers_to_the_longest_prefix_trunk() -> None:
@@ -156,11 +193,7 @@ def test_route_refuses_what_is_not_a_number() -> None:
     assert route("sip:alice@gw") == Refusal(404, "Not Found")
 
 
-def test_e164_normalisation_and_prefix_pick() -> None:
-    assert to_e164("+86 139-0013-9001") == "+8613900139001"
-    assert to_e164("0086139") == "+86139"
-    assert to_e164("12") is None
-    assert to_e164("abc") is None
+def test_prefix_pick() -> None:
     assert pick_trunk(list(CONFIG.trunks), "+8613800138000") is CONFIG.trunks[0]
     assert pick_trunk([], "+1") is None
 

@@ -366,6 +366,11 @@ def listen(*hosts: str) -> str:
             "media.sdes_trusted_networks[0]: must be a network like 10.0.0.0/8, got '10.0.0.0/33'",
         ),
         ("[media]\nptime = 25", "media.ptime: must be one of 10, 20, 30, 40, 60 (ms), got 25"),
+        ('[routing]\ncountry = "FR"', "routing.country: must be one of CN, DE, GB, US, got 'FR'"),
+        (
+            '[routing]\nemergency = ["1x"]',
+            "routing.emergency[0]: must be a short code of 2 to 6 digits, got '1x'",
+        ),
         (
             '[media]\napp_codecs = ["GSM"]',
             "media.app_codecs[0]: unknown codec 'GSM' (known: PCMA, PCMU, G722, G729, opus)",
