@@ -588,18 +588,21 @@ class MediaSession:
         tx = self._socket(other, stream)
         src_ep = self.state.endpoint(leg, stream)
         dst_ep = self.state.endpoint(other, stream)
+        # One receive buffer per socket for the whole call, whichever path reads it.
+        buf = bytearray(_BUFFER_SIZE)
         while True:
             if self._plain:
-                await self._pump_plain(rx, tx, src_ep, dst_ep)
+                await self._pump_plain(rx, tx, src_ep, dst_ep, buf)
             elif self._transcoding is not None:
-                await self._pump_transcode(rx, leg, stream, self._transcoding)
+                await self._pump_transcode(rx, leg, stream, self._transcoding, buf)
             else:
-                await self._pump_secure(rx, leg, other, stream)
+                await self._pump_secure(rx, leg, other, stream, buf)
 
-    async def _pump_secure(self, rx: socket.socket, leg: Leg, other: Leg, stream: Stream) -> None:
+    async def _pump_secure(
+        self, rx: socket.socket, leg: Leg, other: Leg, stream: Stream, buf: bytearray
+    ) -> None:
         """One wake's worth of packets through :func:`forward_packet` (SRTP, mux, PT map)."""
         src_path, dst_path = self.paths[leg], self.paths[other]
-        buf = bytearray(_BUFFER_SIZE)
         await trio.lowlevel.wait_readable(rx)
         if self._plain or self._transcoding is not None:
             return  # switched while waiting: what is queued takes the new path
@@ -623,11 +626,10 @@ class MediaSession:
             )
 
     async def _pump_transcode(
-        self, rx: socket.socket, leg: Leg, stream: Stream, state: _Transcoding
+        self, rx: socket.socket, leg: Leg, stream: Stream, state: _Transcoding, buf: bytearray
     ) -> None:
         """One wake's worth of packets into the transcoding set-up ``state``."""
         path = self.paths[leg]
-        buf = bytearray(_BUFFER_SIZE)
         await trio.lowlevel.wait_readable(rx)
         if self._transcoding is not state:
             return  # switched while waiting: what is queued takes the new path
@@ -728,13 +730,17 @@ class MediaSession:
         dst_ep.bytes_out += len(data)
 
     async def _pump_plain(
-        self, rx: socket.socket, tx: socket.socket, src_ep: Endpoint, dst_ep: Endpoint
+        self,
+        rx: socket.socket,
+        tx: socket.socket,
+        src_ep: Endpoint,
+        dst_ep: Endpoint,
+        buf: bytearray,
     ) -> None:
         """Relay what arrives on ``rx`` out of ``tx`` until the legs stop being plain.
 
         The hot loop of identical legs: zero-copy from the receive buffer.
         """
-        buf = bytearray(_BUFFER_SIZE)
         view = memoryview(buf)
         recvfrom_into = rx.recvfrom_into
         sendto = tx.sendto
