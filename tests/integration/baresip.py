@@ -34,7 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+import pytest
+
 from tests.integration.netns import Namespace
+from tests.speech import dominant_frequency, read_wav, rms_dbov, tone_seconds
 
 MODULE_PATH: Final = Path("/usr/lib/baresip/modules")
 MODULES: Final = (
@@ -421,3 +424,24 @@ def _last_codec(pattern: re.Pattern[str], text: str) -> Codec | None:
         return None
     name, rate, channels = found[-1]
     return Codec(name, int(rate), int(channels))
+
+
+def assert_heard_tone(
+    client: Baresip, peer: Baresip, other: int, own: int, duration: float
+) -> None:
+    """What ``client`` recorded: ``peer``'s tone ``other`` for most of a call of
+    ``duration`` seconds, at the level ``peer`` sent it, and never its own tone ``own``
+    (no echo, no crossed streams)."""
+    heard = read_wav(client.received_wav())
+    sent = read_wav(peer.sent_wav())
+    seconds = tone_seconds(heard, other)
+    print(
+        f"{client.user}: call {duration:.2f} s, received {heard.seconds:.2f} s at "
+        f"{heard.rate} Hz, {other} Hz tone {seconds:.2f} s, dominant "
+        f"{dominant_frequency(heard):.1f} Hz, level {rms_dbov(heard):.1f} dBov "
+        f"(sent {rms_dbov(sent):.1f} dBov)"
+    )
+    assert seconds >= 0.8 * duration, client.describe()
+    assert dominant_frequency(heard) == pytest.approx(other, abs=2.0)
+    assert abs(rms_dbov(heard) - rms_dbov(sent)) < 1.5
+    assert tone_seconds(heard, own) == 0.0
