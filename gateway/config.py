@@ -204,6 +204,10 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     fallback_to_number: bool = True
     # Emergency short codes; empty: the country plan's list.
     emergency: list[str] = []
+    # How long an app rings before the call falls back to the subscriber's number.
+    ring_timeout: float = 30.0
+    # Longest app-to-app call in seconds (0: no limit); trunks have their own.
+    max_duration: float = 0.0
 
 
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -262,6 +266,36 @@ class TrunkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     default: bool = False
     srtp: SrtpPolicy = "off"
     ptime: int = 20
+    # Least-cost routing: what the carrier charges us, the tie-break between equal
+    # prices (lower first) and how many calls it takes at once (0: no limit).
+    price_per_minute: str = "0.00"
+    priority: int = 0
+    max_channels: int = 0
+    # Longest call on this trunk in seconds (0: no limit).
+    max_duration: float = 0.0
+    # Source networks whose INVITEs count as this trunk (empty: its host's address).
+    networks: list[str] = []
+    # OPTIONS health checks (options_ping): seconds between pings, and how many
+    # unanswered pings in a row mark the trunk down.
+    options_interval: float = 30.0
+    options_failures: int = 3
+    # Outbound registration with digest credentials, for carriers that want it.
+    register: bool = False
+    username: str = ""
+    password: str = ""
+    register_expires: int = 3600
+    # "static": host and port as given; "rfc3263": NAPTR/SRV/A lookups of host.
+    resolve: Literal["static", "rfc3263"] = "static"
+    # Reliable provisional responses (RFC 3262) toward this trunk.
+    rel100: Literal["off", "supported", "required"] = "supported"
+    # Caller identity toward the carrier (RFC 3325): P-Asserted-Identity on or off.
+    send_pai: bool = True
+    # Number rewriting toward the carrier: the format of called and calling numbers,
+    # and a prefix added to the called number (carrier tech prefix).
+    number_format: Literal["e164", "e164-no-plus", "national"] = "e164"
+    add_prefix: str = ""
+    # Extra headers on every INVITE toward this trunk, as "Name: value".
+    add_headers: list[str] = []
 
 
 class PartnerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -269,6 +303,20 @@ class PartnerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     api_key: str
     budget: str = "0.00"
     masked_pool: list[str] = []
+
+
+class TariffConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A retail tariff: what a caller pays per minute to numbers under ``prefix``."""
+
+    prefix: str
+    per_minute: str
+    billing_increment: tuple[int, int] = (60, 60)
+
+
+class DnsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    # Name servers as "host" or "host:port"; empty: the system's (/etc/resolv.conf).
+    servers: list[str] = []
+    timeout: float = 2.0
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -282,6 +330,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     subscribers: list[SubscriberConfig] = []
     trunks: list[TrunkConfig] = []
     partners: list[PartnerConfig] = []
+    tariffs: list[TariffConfig] = []
+    dns: DnsConfig = DnsConfig()
 
     @property
     def control_socket_path(self) -> Path:
@@ -451,6 +501,7 @@ def _problems(config: Config) -> Iterator[Problem]:
     yield from _trunk_problems(config.trunks)
     yield from _partner_problems(config.partners, config.http)
     yield from _duplicate_number_problems(config)
+    yield from _tariff_problems(config.tariffs)
 
 
 def _general_problems(general: GeneralConfig) -> Iterator[Problem]:
@@ -641,6 +692,9 @@ def _routing_problems(routing: RoutingConfig) -> Iterator[Problem]:
     for i, code in enumerate(routing.emergency):
         if not code.isdigit() or not 2 <= len(code) <= 6:
             yield f"routing.emergency[{i}]", f"must be a short code of 2 to 6 digits, got {code!r}"
+    yield from _seconds_problem("routing.ring_timeout", routing.ring_timeout)
+    if not (math.isfinite(routing.max_duration) and routing.max_duration >= 0):
+        yield "routing.max_duration", f"must be 0 (no limit) or seconds, got {routing.max_duration}"
 
 
 def _ptime_problem(key: str, ptime: int) -> Iterator[Problem]:
@@ -747,6 +801,33 @@ def _trunk_problems(trunks: list[TrunkConfig]) -> Iterator[Problem]:
                 f"{key}.billing_increment",
                 f"both increments must be at least 1 second, got {list(trunk.billing_increment)}",
             )
+        yield from _trunk_lcr_problems(key, trunk)
+
+
+def _trunk_lcr_problems(key: str, trunk: TrunkConfig) -> Iterator[Problem]:
+    yield from _decimal_problem(f"{key}.price_per_minute", trunk.price_per_minute)
+    if trunk.max_channels < 0:
+        yield f"{key}.max_channels", f"must be 0 (no limit) or more, got {trunk.max_channels}"
+    if not (math.isfinite(trunk.max_duration) and trunk.max_duration >= 0):
+        yield f"{key}.max_duration", f"must be 0 (no limit) or seconds, got {trunk.max_duration}"
+    yield from _seconds_problem(f"{key}.options_interval", trunk.options_interval)
+    if trunk.options_failures < 1:
+        yield f"{key}.options_failures", f"must be at least 1, got {trunk.options_failures}"
+    for j, network in enumerate(trunk.networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            yield f"{key}.networks[{j}]", f"must be an address or network, got {network!r}"
+    if trunk.register and not (trunk.username and trunk.password):
+        yield f"{key}.username", "register = true needs username and password"
+    if not re.fullmatch(r"[0-9]{0,15}", trunk.add_prefix):
+        yield f"{key}.add_prefix", f"must be digits, got {trunk.add_prefix!r}"
+    for j, header in enumerate(trunk.add_headers):
+        name, colon, value = header.partition(":")
+        if not colon or not re.fullmatch(r"[A-Za-z0-9!%'*+.^_`|~-]+", name.strip()):
+            yield f"{key}.add_headers[{j}]", f'must be "Name: value", got {header!r}'
+        elif re.search(r"[\r\n\x00]", value):
+            yield f"{key}.add_headers[{j}]", "must not contain line breaks"
 
 
 def _codec_problems(key: str, codecs: list[str]) -> Iterator[Problem]:
@@ -931,3 +1012,17 @@ def _toml_array(items: list[str]) -> str:
         else:
             rows.append(f"    {item},")
     return "[\n" + "\n".join(rows) + "\n]"
+
+
+def _tariff_problems(tariffs: list[TariffConfig]) -> Iterator[Problem]:
+    seen: dict[str, int] = {}
+    for i, tariff in enumerate(tariffs):
+        key = f"tariffs[{i}]"
+        if not re.fullmatch(r"[0-9]{0,15}", tariff.prefix):
+            yield f"{key}.prefix", f"must be leading digits without '+', got {tariff.prefix!r}"
+        elif tariff.prefix in seen:
+            yield f"{key}.prefix", f"duplicate prefix (also tariffs[{seen[tariff.prefix]}])"
+        seen.setdefault(tariff.prefix, i)
+        yield from _decimal_problem(f"{key}.per_minute", tariff.per_minute)
+        if min(tariff.billing_increment) < 1:
+            yield f"{key}.billing_increment", "both increments must be at least 1 second"
