@@ -206,6 +206,9 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     emergency: list[str] = []
     # How long an app rings before the call falls back to the subscriber's number.
     ring_timeout: float = 30.0
+    # How long a trunk may take to give any response (100 Trying included) before the
+    # next trunk in least-cost order is tried.
+    trunk_response_timeout: float = 4.0
     # Longest app-to-app call in seconds (0: no limit); trunks have their own.
     max_duration: float = 0.0
 
@@ -693,6 +696,7 @@ def _routing_problems(routing: RoutingConfig) -> Iterator[Problem]:
         if not code.isdigit() or not 2 <= len(code) <= 6:
             yield f"routing.emergency[{i}]", f"must be a short code of 2 to 6 digits, got {code!r}"
     yield from _seconds_problem("routing.ring_timeout", routing.ring_timeout)
+    yield from _seconds_problem("routing.trunk_response_timeout", routing.trunk_response_timeout)
     if not (math.isfinite(routing.max_duration) and routing.max_duration >= 0):
         yield "routing.max_duration", f"must be 0 (no limit) or seconds, got {routing.max_duration}"
 

@@ -13,6 +13,14 @@ leg and 2xx retransmission until the caller's ACK (RFC 3261 13.3.1.4), CANCEL
 carried across with SDP rewritten, session timers (RFC 4028) per leg, media
 timeout, no-answer timeout (408), best-response choice over forks (16.7).
 
+Routes are tried in turn (:func:`attempts_of`): an app that does not answer
+within ``routing.ring_timeout``, or answers 408/480/503, gives way to the
+subscriber's number on a carrier; a trunk that answers 408 or a 5xx, or nothing
+within ``routing.trunk_response_timeout``, gives way to the next trunk in
+least-cost order. A 486, a 603 or any other final answer ends the call there.
+Each attempt is a new INVITE on the same callee-side Call-ID and From tag with
+a higher CSeq (so no UAS takes it for a merged request, RFC 3261 8.2.2.2).
+
 Fax: a fax or modem tone heard on a transcoded call (reported by the media
 plane, :attr:`CallMedia.on_fax`) makes the call send a re-INVITE of its own to
 the leg that is not on G.711, offering only the other leg's G.711 codec; once
@@ -32,7 +40,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import structlog
@@ -50,7 +58,7 @@ from gateway.calls.call_media import (
 from gateway.calls.negotiation import LegPolicy, NegotiationError, Side
 from gateway.calls.registrar import destination_of
 from gateway.calls.router import AppRoute, TrunkRoute
-from gateway.config import Config
+from gateway.config import Config, TrunkConfig
 from gateway.media.relay import MediaSession, PortAllocator, PortsExhausted
 from gateway.sip.dialog import Dialog, DialogError, DialogState
 from gateway.sip.headers import CSeq
@@ -102,6 +110,12 @@ class CallHost(Protocol):
     def register_dialog(self, call_id: str, local_tag: str, call: Call, leg: str) -> None: ...
     def forget(self, call: Call) -> None: ...
     async def record(self, call: Call) -> None: ...
+    def seize_trunk(self, trunk: TrunkConfig, *, force: bool) -> str | None:
+        """Take one of the trunk's channels; why not ("trunk-down", "trunk-full")
+        when it cannot be used now. ``force`` (emergency calls) takes it anyway."""
+        ...
+
+    def release_trunk(self, trunk: TrunkConfig) -> None: ...
 
 
 @dataclass(eq=False)
@@ -202,6 +216,28 @@ def map_status(status: int) -> tuple[int, str | None]:
     return status, None
 
 
+Route = AppRoute | TrunkRoute
+
+
+def attempts_of(route: Route) -> list[Route]:
+    """The routes a call tries in turn: the app (then its fallback number's trunks), or
+    each trunk of a number in least-cost order. Each trunk attempt has one trunk."""
+    first: list[Route] = []
+    if isinstance(route, AppRoute):
+        first, route = [route], route.fallback  # type: ignore[assignment]
+        if route is None:
+            return first
+    assert isinstance(route, TrunkRoute)
+    return first + [replace(route, trunk=trunk, alternatives=()) for trunk in route.trunks]
+
+
+def moves_on(route: Route, status: int) -> bool:
+    """Whether a failure of ``route`` lets the call try its next route (never 486/603)."""
+    if isinstance(route, AppRoute):
+        return status in (408, 480, 503)
+    return status == 408 or 500 <= status < 600
+
+
 class Call:
     def __init__(
         self,
@@ -218,9 +254,11 @@ class Call:
         self.server = server
         self.invite = server.request
         self.caller = caller
-        self.route = route
         self.media_host = media_host
         self.config = host.config
+        self.attempts = attempts_of(route)
+        route = self.attempts[0]
+        self.route = route
         callee = route.subscriber.username if isinstance(route, AppRoute) else route.number
         self.record = CallRecord(
             id=secrets.token_hex(8),
@@ -255,7 +293,11 @@ class Call:
             settings=transcode_settings(self.config.media),
         )
         self.ports: dict[str, tuple[int, int]] = {}
-        self.branches: list[Branch] = []
+        self.branches: list[Branch] = []  # the forks of the route being tried
+        self._cseq = 0  # the callee leg's INVITE CSeq, one higher for each route tried
+        self._seized: TrunkConfig | None = None
+        self._old_branches: list[Branch] = []  # forks of routes given up, cancelled
+        self._limit_at = math.inf  # when the route's longest call duration is reached
         self.winner: Branch | None = None
         self.ended = trio.Event()
         self._inbox_send, self._inbox = trio.open_memory_channel[
@@ -404,9 +446,10 @@ class Call:
                 (500, "Server Internal Error") if failed else (503, "Service Unavailable")
             )
             self.server.reply(status, reason, to_tag=self.a.local_tag)
-        for branch in self.branches:
+        for branch in [*self._old_branches, *self.branches]:
             if branch is not self.winner and branch.final is None:
                 self._cancel_branch(branch, force=True)
+        self._release()
         for leg in (self.a, self.b):
             if leg.dialog is not None and leg.destination is not None and not leg.acked.is_set():
                 leg.acked.set()
@@ -475,49 +518,141 @@ class Call:
         offer = self._offer()
         if offer is None:
             return False
-        self._make_branches(offer)
-        for fork in self.branches:
-            self._start_branch(fork, nursery)
         self.server.on_cancel = self._on_caller_cancel
         try:
             if self.server.cancelled:  # the CANCEL came while the ports were being bound
                 self._on_caller_cancel()
-            return await self._await_answer()
+            return await self._try_routes(offer, nursery)
         finally:
             self.server.on_cancel = None
 
-    async def _await_answer(self) -> bool:
+    async def _try_routes(self, offer: bytes | None, nursery: trio.Nursery) -> bool:
+        """Each route in turn until one answers or a failure ends the call."""
         deadline = trio.current_time() + self.config.sip.no_answer_timeout
-        while True:
-            with trio.move_on_at(deadline):
-                branch, event = await self._events.receive()
-                outcome = self._on_setup_event(branch, event)
-                if outcome is not None:
-                    return outcome
+        status: int = 480
+        reason: str | None = "Temporarily Unavailable"
+        for index, route in enumerate(self.attempts):
+            last = index == len(self.attempts) - 1
+            if index > 0:
+                offer = self._retarget(route)
+            if offer is None:
+                status, reason = self._skipped_status(503, "No Usable Media On Route")
                 continue
-            # No answer in time: give up on every fork (RFC 3261 calls this a UA choice).
+            if isinstance(route, TrunkRoute) and not self._seize(route):
+                status, reason = 503, "No Trunk Available"
+                continue
+            outcome = await self._attempt(offer, nursery, deadline, last=last)
+            if outcome is not None:
+                return outcome
+            status, reason = map_status(self.record.sip_status or 480)
+        self._refuse(status, reason, "no-route-left")
+        return False
+
+    def _skipped_status(self, status: int, reason: str) -> tuple[int, str]:
+        failure = self._media_failure
+        return (failure.status, failure.reason) if failure is not None else (status, reason)
+
+    def _retarget(self, route: Route) -> bytes | None:
+        """Point the callee leg at the next route; the offer for it (None: unusable)."""
+        self._release()
+        self.route = route
+        self._label(route)
+        self.b.origin = new_origin(self.media_host)
+        self.call_media.retarget("b", self._callee_policy(), self.b.origin)
+        self._media_failure = None
+        try:
+            return self.call_media.offer("a", self.invite.body)
+        except NegotiationError as exc:
+            log.info("route refused by media policy", call=self.id, reason=exc.reason)
+            self._media_failure = exc
+            return None
+
+    def _label(self, route: Route) -> None:
+        record = self.record
+        record.route = _route_label(route)
+        if isinstance(route, TrunkRoute):
+            record.callee = route.number
+            record.trunk = route.trunk.name
+        else:
+            record.callee = route.subscriber.username
+            record.trunk = None
+
+    def _seize(self, route: TrunkRoute) -> bool:
+        refused = self.host.seize_trunk(route.trunk, force=route.emergency)
+        self.record.trunks_tried.append(route.trunk.name)
+        if refused is not None:
+            log.info("trunk skipped", call=self.id, trunk=route.trunk.name, why=refused)
+            self.record.trunk_skips[route.trunk.name] = refused
+            return False
+        self._seized = route.trunk
+        return True
+
+    def _release(self) -> None:
+        if self._seized is not None:
+            self.host.release_trunk(self._seized)
+            self._seized = None
+
+    async def _attempt(
+        self, offer: bytes, nursery: trio.Nursery, deadline: float, *, last: bool
+    ) -> bool | None:
+        """One route's forks: True answered, False the call is over, None try the next."""
+        self._cseq += 1
+        self._make_branches(offer)
+        for fork in self.branches:
+            self._start_branch(fork, nursery)
+        give_way = math.inf if last else self._give_way_at(trio.current_time())
+        while True:
+            with trio.move_on_at(min(deadline, give_way)):
+                branch, event = await self._events.receive()
+                outcome = self._on_setup_event(branch, event, last=last)
+                if outcome is not None or branch is None:
+                    return outcome
+                if isinstance(self.route, TrunkRoute) and branch.provisional:
+                    give_way = math.inf  # the trunk took the call; it rings now
+                continue
             for pending in self.branches:
-                self._cancel_branch(pending)
+                self._cancel_branch(pending, force=True)
+            if trio.current_time() < deadline:
+                log.info("route gave no answer in time", call=self.id, route=self.record.route)
+                self.record.sip_status = 408
+                return None
+            # No answer in time: give up on every fork (RFC 3261 calls this a UA choice).
             self._refuse(408, "Request Timeout", "no-answer-timeout")
             return False
 
-    def _on_setup_event(self, branch: Branch | None, event: ClientEvent | None) -> bool | None:
+    def _give_way_at(self, now: float) -> float:
+        """When this route, unanswered, gives way to the next one."""
+        routing = self.config.routing
+        if isinstance(self.route, AppRoute):
+            return now + routing.ring_timeout
+        return now + routing.trunk_response_timeout
+
+    def _on_setup_event(
+        self, branch: Branch | None, event: ClientEvent | None, *, last: bool = True
+    ) -> bool | None:
         if branch is None:  # the caller cancelled
             for pending in self.branches:
                 self._cancel_branch(pending)
             self._refuse(487, "Request Terminated", "caller-cancel")
             return False
         assert event is not None
+        if branch not in self.branches:  # a fork of a route already given up
+            if not isinstance(event, TransactionTimeout) and event.status >= 300:
+                branch.final = event.status
+            self._late_event(branch, event)
+            return None
         if isinstance(event, TransactionTimeout):
-            return self._branch_failed(branch, 408)
+            return self._branch_failed(branch, 408, last=last)
         if event.status < 200:
             self._on_provisional(branch, event)
             return None
         if event.status < 300:
             return self._on_answer(branch, event)
-        return self._branch_failed(branch, event.status)
+        return self._branch_failed(branch, event.status, last=last)
 
     def _make_branches(self, offer: bytes) -> None:
+        self._old_branches.extend(self.branches)
+        self.branches = []
         if isinstance(self.route, AppRoute):
             for binding in self.route.bindings:
                 self.branches.append(self._branch(binding.contact, destination_of(binding), offer))
@@ -548,7 +683,7 @@ class Call:
         headers.add("From", f"<{from_uri}>;tag={self.b.local_tag}")
         headers.add("To", f"<{to_uri}>")
         headers.add("Call-ID", self.b.call_id)
-        headers.add("CSeq", str(CSeq(1, "INVITE")))
+        headers.add("CSeq", str(CSeq(self._cseq, "INVITE")))
         headers.add(
             "Contact",
             f"<{self.host.endpoint.contact_uri(destination.transport, destination.address[0])}>",
@@ -629,11 +764,15 @@ class Call:
             "Contact", f"<{self.host.endpoint.contact_uri(flow.transport, flow.remote[0])}>"
         )
 
-    def _branch_failed(self, branch: Branch, status: int) -> bool | None:
+    def _branch_failed(self, branch: Branch, status: int, *, last: bool = True) -> bool | None:
         branch.final = status
         if any(b.final is None for b in self.branches):
             return None
         best = best_status([b.final for b in self.branches if b.final is not None])
+        self.record.sip_status = best
+        if not last and moves_on(self.route, best):
+            log.info("route failed, trying the next", call=self.id, status=best)
+            return None
         mapped, reason = map_status(best)
         if mapped == 488 and self.call_media.offering_t38:
             reason = T38_REFUSED
@@ -713,6 +852,9 @@ class Call:
         self.media.open_latch_window("b")
         self.record.answer = time.time()
         self.record.state = CallState.ANSWERED
+        longest = self._max_duration()
+        if longest:
+            self._limit_at = now + longest
         self._answered.set()
         self.b.acked.set()
         self._retransmit_until_ack(self.a, ok)
@@ -724,6 +866,12 @@ class Call:
             route=self.record.route,
         )
         return True
+
+    def _max_duration(self) -> float:
+        """The route's longest call in seconds (0: none): the trunk's, or routing's."""
+        if isinstance(self.route, TrunkRoute):
+            return self.route.trunk.max_duration
+        return self.config.routing.max_duration
 
     def _final_answer(self, response: Response) -> bytes | None:
         """The caller's answer from the callee's 2xx, or from its earlier 183 when the 2xx
@@ -777,7 +925,9 @@ class Call:
         while not self.ended.is_set():
             now = trio.current_time()
             media_deadline = math.inf if self._hold else self.media.last_activity + timeout
-            deadline = min(media_deadline, self._timer_deadline(), self._resend_deadline())
+            deadline = min(
+                media_deadline, self._timer_deadline(), self._resend_deadline(), self._limit_at
+            )
             with trio.move_on_at(deadline):
                 await self.ended.wait()
             if self.ended.is_set():
@@ -788,6 +938,9 @@ class Call:
                 return
             if not self._hold and now >= self.media.last_activity + timeout:
                 self.end("media-timeout")
+                return
+            if now >= self._limit_at:
+                self.end("max-duration")
                 return
             self._session_timers(now)
 
@@ -1232,5 +1385,6 @@ def _reason(end_reason: str) -> str:
         "session-refresh-failed": 'SIP;cause=408;text="Session Refresh Failed"',
         "no-ack": 'SIP;cause=408;text="No ACK"',
         "gateway-shutdown": 'SIP;cause=503;text="Gateway Shutting Down"',
+        "max-duration": 'Q.850;cause=16;text="Maximum Call Duration Reached"',
     }
     return causes.get(end_reason, 'Q.850;cause=16;text="Normal call clearing"')

@@ -51,6 +51,9 @@ class CallRecord:
     state: CallState = CallState.SETUP
     end_reason: str = ""
     sip_status: int | None = None
+    # Trunks tried in least-cost order (the carrying one last), and why any was skipped.
+    trunks_tried: list[str] = field(default_factory=list)
+    trunk_skips: dict[str, str] = field(default_factory=dict)
 
     def finish(self, reason: str, status: int | None = None) -> None:
         if self.end is not None:

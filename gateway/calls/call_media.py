@@ -216,6 +216,29 @@ class CallMedia:
                 for stream in ("rtp", "rtcp"):
                     self.session.state.endpoint(side, stream).symmetric_any_host = False
 
+    def retarget(self, side: Side, policy: LegPolicy, origin: Origin) -> None:
+        """Point ``side`` at a new peer before any answer of it was final: the next
+        trunk after a failover, or the subscriber's number after its app did not answer.
+
+        What early media of the old peer set up (its plan, keys, transcoders) is
+        dropped; the next answer builds them again. Nothing is kept of the old peer's
+        keys, so its packets fail authentication from now on.
+        """
+        self._policies[side] = policy
+        self._origins[side] = origin
+        origin.address = self.session.sdp_host(side)
+        origin.addrtype = "IP6" if ":" in origin.address else "IP4"
+        self.negotiator.retarget(side, policy, origin)
+        self._senders.pop(side, None)
+        self._receivers.pop(side, None)
+        self.plan = None
+        self._transcoded = None
+        self.session.stop_transcoding()
+        self.session.configure(side, receiver=None, sender=None, payload_types={})
+        self.session.set_remote(side, self.session.sdp_host(side), 0)  # port 0: no peer
+        for stream in ("rtp", "rtcp"):
+            self.session.state.endpoint(side, stream).symmetric_any_host = policy.nat
+
     @property
     def negotiator(self) -> Negotiator:
         if self._negotiator is None:

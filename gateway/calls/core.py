@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 import trio
@@ -18,7 +19,7 @@ from gateway.calls.b2bua import ALLOW, Call
 from gateway.calls.limits import RateLimiter
 from gateway.calls.registrar import Registrar
 from gateway.calls.router import Refusal, Router, TrunkRoute
-from gateway.config import Config
+from gateway.config import Config, TrunkConfig
 from gateway.media.relay import PortAllocator
 from gateway.sip.auth import AuthOutcome, DigestServer
 from gateway.sip.dialog import Dialog, DialogError
@@ -53,6 +54,12 @@ KNOWN_METHODS = frozenset(
 # Allowed, but only inside a dialog (RFC 3261 15.1.2, RFC 3311 5.2, RFC 3262 3, RFC 6086 4.2):
 # out of one they match nothing, which is 481 rather than 405 with themselves in Allow.
 DIALOG_ONLY_METHODS = frozenset({"BYE", "UPDATE", "INFO", "PRACK"})
+
+
+class TrunkHealthView(Protocol):
+    """What routing asks of the trunk health checks."""
+
+    def is_up(self, name: str) -> bool: ...
 
 
 @dataclass
@@ -91,6 +98,10 @@ class CallCore:
         self.calls: dict[str, Call] = {}
         self.dialogs: dict[tuple[str, str], tuple[Call, str]] = {}
         self.stats = CoreStats()
+        # Calls holding each trunk (least-cost routing skips a trunk at max_channels).
+        self.channels: dict[str, int] = {}
+        # Trunk health (OPTIONS pings): set by the service when trunks are pinged.
+        self.trunk_monitor: TrunkHealthView | None = None
         self.draining = False
         self._nursery: trio.Nursery | None = None
 
@@ -280,6 +291,23 @@ class CallCore:
 
     def register_dialog(self, call_id: str, local_tag: str, call: Call, leg: str) -> None:
         self.dialogs[(call_id, local_tag)] = (call, leg)
+
+    def seize_trunk(self, trunk: TrunkConfig, *, force: bool) -> str | None:
+        monitor = self.trunk_monitor
+        if not force and monitor is not None and not monitor.is_up(trunk.name):
+            return "trunk-down"
+        seized = self.channels.get(trunk.name, 0)
+        if not force and trunk.max_channels and seized >= trunk.max_channels:
+            return "trunk-full"
+        self.channels[trunk.name] = seized + 1
+        return None
+
+    def release_trunk(self, trunk: TrunkConfig) -> None:
+        left = self.channels.get(trunk.name, 0) - 1
+        if left > 0:
+            self.channels[trunk.name] = left
+        else:
+            self.channels.pop(trunk.name, None)
 
     def forget(self, call: Call) -> None:
         self.calls.pop(call.id, None)

@@ -417,6 +417,13 @@ class Negotiator:
         )
         return self._render(side, [media], last.times)
 
+    def retarget(self, side: Side, policy: LegPolicy, origin: Origin) -> None:
+        """``side`` is a new peer (the next route of an unanswered call): forget what was
+        said to the old one, its keys and any offer pending, and take its policy."""
+        self._legs[side] = _LegState(policy, origin, self._legs[side].rtp_port)
+        self._pending = None
+        self.plan = None
+
     def withdraw(self, side: Side) -> None:
         """The offer sent toward ``side`` was refused: the session stays as it was.
 

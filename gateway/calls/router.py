@@ -7,15 +7,23 @@ The router only decides; the B2BUA carries the decision out:
   global policy allow it (``routing.fallback_to_number``), else 480;
 * an emergency short code of the number plan: a carrier, always (no limits apply);
 * any other number, read in the configured country's plan (national, international
-  or E.164 form): the trunk whose prefix matches longest.
+  or E.164 form): least-cost routing over the trunks whose prefixes match it.
 
-Least-cost routing and failover after the app leg fails build on this (issue 4).
+Least-cost routing orders the candidate trunks by the length of their longest
+matching prefix (longer first), then by what the carrier charges per minute
+(cheaper first), then by ``priority`` (lower first), then by configuration order.
+The B2BUA tries them in that order and moves on after 408, a 5xx or no response
+(never after 486 or 603); it skips a trunk the health checks mark down or whose
+channels are all in use. An app leg that does not answer within
+``routing.ring_timeout``, or fails with 408, 480 or 503, falls back to the
+subscriber's number when a fallback route exists (:attr:`AppRoute.fallback`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from decimal import Decimal
 
 from gateway.calls.numbers import PLANS, DialledKind, NumberError, NumberPlan, classify
 from gateway.config import Config, TrunkConfig
@@ -27,6 +35,8 @@ from gateway.store.model import Binding, Subscriber
 class AppRoute:
     subscriber: Subscriber
     bindings: list[Binding]
+    # The subscriber's number through the carriers, for when the app does not answer.
+    fallback: TrunkRoute | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +46,13 @@ class TrunkRoute:
     emergency: bool = False
     # The callee is a subscriber whose app is not there: its phone number instead.
     fallback_for: str | None = None
+    # Further trunks for the same number, in least-cost order, for failover.
+    alternatives: tuple[TrunkConfig, ...] = ()
+
+    @property
+    def trunks(self) -> tuple[TrunkConfig, ...]:
+        """Every trunk this route may use, in the order they are tried."""
+        return (self.trunk, *self.alternatives)
 
     @property
     def request_uri(self) -> str:
@@ -57,16 +74,29 @@ def dialled(uri: SipUri | TelUri) -> str | None:
     return uri.user
 
 
-def pick_trunk(trunks: list[TrunkConfig], number: str) -> TrunkConfig | None:
-    """Longest matching prefix (a prefix is compared without its '+')."""
+def _match_length(trunk: TrunkConfig, digits: str) -> int:
+    """The length of the trunk's longest prefix of ``digits``; -1 when none matches."""
+    lengths = [len(p.lstrip("+")) for p in trunk.prefixes if digits.startswith(p.lstrip("+"))]
+    return max(lengths, default=-1)
+
+
+def lcr_order(trunks: list[TrunkConfig], number: str) -> list[TrunkConfig]:
+    """The trunks that take ``number``, best first: longest prefix, price, priority."""
     digits = number.lstrip("+")
-    best: tuple[int, TrunkConfig] | None = None
-    for trunk in trunks:
-        for prefix in trunk.prefixes:
-            bare = prefix.lstrip("+")
-            if digits.startswith(bare) and (best is None or len(bare) > best[0]):
-                best = (len(bare), trunk)
-    return best[1] if best else None
+    ranked = []
+    for position, trunk in enumerate(trunks):
+        length = _match_length(trunk, digits)
+        if length >= 0:
+            key = (-length, Decimal(trunk.price_per_minute), trunk.priority, position)
+            ranked.append((key, trunk))
+    ranked.sort(key=lambda item: item[0])
+    return [trunk for _, trunk in ranked]
+
+
+def pick_trunk(trunks: list[TrunkConfig], number: str) -> TrunkConfig | None:
+    """The least-cost trunk for ``number``, if any takes it."""
+    order = lcr_order(trunks, number)
+    return order[0] if order else None
 
 
 def number_plan(config: Config) -> NumberPlan:
@@ -105,30 +135,37 @@ class Router:
         callee = numbers.get(where.number)
         if callee is not None:
             return self._to_subscriber(callee, bindings_of)
-        trunk = pick_trunk(self.trunks, where.number)
-        if trunk is None:
-            return Refusal(404, "No Route To Destination")
-        return TrunkRoute(trunk, where.number)
+        route = self._to_number(where.number)
+        return route if route is not None else Refusal(404, "No Route To Destination")
+
+    def _to_number(self, number: str, fallback_for: str | None = None) -> TrunkRoute | None:
+        order = lcr_order(self.trunks, number)
+        if not order:
+            return None
+        return TrunkRoute(
+            order[0], number, fallback_for=fallback_for, alternatives=tuple(order[1:])
+        )
+
+    def _fallback(self, callee: Subscriber) -> TrunkRoute | None:
+        if not (self.fallback and callee.fallback and callee.numbers):
+            return None
+        return self._to_number(callee.numbers[0], fallback_for=callee.username)
 
     def _to_subscriber(
         self, callee: Subscriber, bindings_of: Callable[[str], list[Binding]]
     ) -> Route:
         contacts = bindings_of(callee.username)
+        fallback = self._fallback(callee)
         if contacts:
-            return AppRoute(callee, contacts)
-        if self.fallback and callee.fallback and callee.numbers:
-            number = callee.numbers[0]
-            trunk = pick_trunk(self.trunks, number)
-            if trunk is not None:
-                return TrunkRoute(trunk, number, fallback_for=callee.username)
-        return Refusal(480, "Temporarily Unavailable")
+            return AppRoute(callee, contacts, fallback=fallback)
+        return fallback or Refusal(480, "Temporarily Unavailable")
 
     def _emergency(self, code: str) -> Route:
-        """The default trunk, else the one for the home country, else any trunk."""
+        """The default trunk first, then the home country's, then every other trunk."""
         home = "+" + self.plan.country_code
-        trunk = next((t for t in self.trunks if t.default), None) or pick_trunk(self.trunks, home)
-        if trunk is None and self.trunks:
-            trunk = self.trunks[0]
-        if trunk is None:
+        order = [t for t in self.trunks if t.default]
+        order += [t for t in lcr_order(self.trunks, home) if t not in order]
+        order += [t for t in self.trunks if t not in order]
+        if not order:
             return Refusal(503, "No Trunk For Emergency Calls")
-        return TrunkRoute(trunk, code, emergency=True)
+        return TrunkRoute(order[0], code, emergency=True, alternatives=tuple(order[1:]))

@@ -595,6 +595,7 @@ class GatewaySettings:
     tls_handshake_timeout: float = 10.0
     media_host6: str = ""  # media sockets of the other family, for IPv4/IPv6 bridging
     cps_per_account: int = 1000
+    extra_toml: str = ""  # appended to the config: more trunks, [routing], ...
 
 
 def gateway_config_text(
@@ -657,6 +658,7 @@ def gateway_config_text(
             """
         )
         + subscribers
+        + settings.extra_toml
     )
 
 
