@@ -38,13 +38,18 @@ class RatingError(ValueError):
 
 @dataclass(frozen=True)
 class Tariff:
-    """Price per minute for numbers starting with `prefix` ("" matches every number)."""
+    """Price per minute for numbers starting with `prefix` ("" matches every number).
+
+    `trunk` names the trunk whose own tariff this is (the price of a number no retail
+    tariff covers); None for a retail tariff.
+    """
 
     prefix: str
     per_minute: Decimal
     first_increment: int
     next_increment: int
     name: str = ""
+    trunk: str | None = None
 
     @property
     def free(self) -> bool:

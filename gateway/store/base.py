@@ -10,13 +10,27 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.store.model import ActiveCall, Binding, Cdr, Subscriber
+from gateway.store.model import (
+    Account,
+    AccountKind,
+    ActiveCall,
+    Binding,
+    Cdr,
+    Charge,
+    LedgerEntry,
+    MaskedBinding,
+    Subscriber,
+)
 
-__all__ = ["Store", "StoreError"]
+__all__ = ["PoolExhausted", "Store", "StoreError"]
 
 
 class StoreError(Exception):
     """The store refused or failed an operation; the message says which and why."""
+
+
+class PoolExhausted(StoreError):
+    """Every number of a partner's masked-number pool is bound."""
 
 
 class Store(Protocol):
@@ -75,11 +89,26 @@ class Store(Protocol):
         ...
 
     async def write_cdr(self, cdr: Cdr) -> None:
-        """Record a finished call; returns once the record is durable."""
+        """Record a finished call; returns once the record is durable.
+
+        The same as ``settle_call(cdr, None)``.
+        """
         ...
 
-    async def list_cdrs(self, *, since: float | None = None, limit: int = 100) -> list[Cdr]:
-        """CDRs of calls started at or after ``since``, newest start first."""
+    async def settle_call(self, cdr: Cdr, charge: Charge | None) -> None:
+        """Record a finished call and, in the same transaction, its charge.
+
+        With a charge: a "call" ledger row and the payer's new balance. A call id is
+        charged at most once: a second settle of the same call is refused (StoreError)
+        and changes nothing.
+        """
+        ...
+
+    async def list_cdrs(
+        self, *, since: float | None = None, limit: int = 100, partner: str | None = None
+    ) -> list[Cdr]:
+        """CDRs of calls started at or after ``since`` (of one partner when given),
+        newest start first."""
         ...
 
     async def checkpoint_active_calls(self, calls: list[ActiveCall], now: float) -> None:
@@ -88,4 +117,57 @@ class Store(Protocol):
 
     async def recover_open_calls(self, now: float) -> list[Cdr]:
         """Close the calls a crash left in the checkpoint: write and return their CDRs."""
+        ...
+
+    # -- money ---------------------------------------------------------------------------
+
+    async def ensure_account(self, kind: AccountKind, name: str, initial_balance: str) -> Account:
+        """The account, created with a "provision" ledger row when absent; an existing
+        account is returned as it is (never reset)."""
+        ...
+
+    async def get_account(self, kind: AccountKind, name: str) -> Account | None:
+        """The account, if any."""
+        ...
+
+    async def list_accounts(self) -> list[Account]:
+        """Every account, ordered by kind then name."""
+        ...
+
+    async def adjust_balance(
+        self, kind: AccountKind, name: str, amount: str, reason: str
+    ) -> Account:
+        """Add ``amount`` (reason "topup": > 0; "adjustment": either sign) with a ledger
+        row; StoreError when there is no such account or the balance would go below 0."""
+        ...
+
+    async def ledger(
+        self, kind: AccountKind, name: str, *, since: float | None = None, limit: int = 100
+    ) -> list[LedgerEntry]:
+        """The account's ledger rows at or after ``since``, newest first."""
+        ...
+
+    async def spent_since(self, kind: AccountKind, name: str, since: float) -> str:
+        """Sum of the account's call charges at or after ``since`` ("0.00" when none)."""
+        ...
+
+    # -- masked numbers ------------------------------------------------------------------
+
+    async def bind_masked(
+        self, partner: str, pool: list[str], a: str, b: str, ttl_s: float, now: float
+    ) -> MaskedBinding:
+        """Bind a and b to the first number of ``pool`` with no unexpired binding, atomically;
+        PoolExhausted when every number is taken."""
+        ...
+
+    async def masked_binding(self, number: str, now: float) -> MaskedBinding | None:
+        """The unexpired binding of a masked number, if any."""
+        ...
+
+    async def get_masked_binding(self, partner: str, binding_id: str) -> MaskedBinding | None:
+        """One of the partner's bindings by id (expired ones included until reused)."""
+        ...
+
+    async def unbind_masked(self, partner: str, binding_id: str) -> bool:
+        """Remove one of the partner's bindings; False when there was none."""
         ...

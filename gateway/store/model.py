@@ -3,7 +3,12 @@
 Plain msgspec Structs shared by every store implementation and by the call logic:
 subscribers (app users and the numbers they own), registrar bindings (RFC 3261 10.3,
 with the RFC 5626 flow fields), call detail records and the checkpoint rows of calls in
-progress, from which a restart closes calls that a crash left open.
+progress, from which a restart closes calls that a crash left open; and the money:
+prepaid accounts (subscribers' balances, partners' subsidy budgets), their ledger, the
+charge of one call, and partners' masked-number bindings.
+
+Money is always a decimal *string* of whole cents such as "12.50", never a float, so no
+binary rounding ever reaches a balance; arithmetic on it uses ``decimal.Decimal``.
 
 Every time here is wall-clock seconds since the epoch (``time.time()``): these records
 outlive the process, so the monotonic clock of the protocol code means nothing to them.
@@ -18,8 +23,23 @@ import msgspec
 
 SrtpPolicy = Literal["mandatory", "optional", "off"]
 Transport = Literal["udp", "tcp", "tls"]
+AccountKind = Literal["subscriber", "partner"]
+LedgerReason = Literal["provision", "topup", "adjustment", "call"]
 
-__all__ = ["ActiveCall", "Binding", "Cdr", "SrtpPolicy", "Subscriber", "Transport"]
+__all__ = [
+    "Account",
+    "AccountKind",
+    "ActiveCall",
+    "Binding",
+    "Cdr",
+    "Charge",
+    "LedgerEntry",
+    "LedgerReason",
+    "MaskedBinding",
+    "SrtpPolicy",
+    "Subscriber",
+    "Transport",
+]
 
 
 class Subscriber(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,6 +56,9 @@ class Subscriber(msgspec.Struct, frozen=True, kw_only=True):
     balance: str = "0.00"
     # This user's codec preference toward its app; empty: the gateway's (media.app_codecs).
     codecs: list[str] = []
+    # E.164 of the user's own mobile phone: a carrier call to one of its numbers goes
+    # there when the app is offline. Empty: such calls get 480.
+    mobile: str = ""
 
 
 class Binding(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,10 +116,31 @@ class Cdr(msgspec.Struct, frozen=True, kw_only=True):
     sip_status: int | None
     caller_call_id: str
     callee_call_id: str | None
+    # Rating (all defaulted: a free call keeps them). ``payer`` is "subscriber:1001" or
+    # "partner:demo", None for a free call; ``partner`` the partner whose API or masked
+    # binding made the call; the tariff that rated it (``tariff_prefix`` None when the
+    # carrying trunk's own tariff did); ``billing_increment`` is [first, next] seconds.
+    payer: str | None = None
+    partner: str | None = None
+    tariff_prefix: str | None = None
+    rate_per_minute: str | None = None
+    billing_increment: list[int] = []
+    billable_seconds: int = 0
+    cost: str = "0.00"
+    # The Reason header (RFC 3326) of the end, when one came: Q.850 cause and its text.
+    q850_cause: int | None = None
+    reason_text: str | None = None
+    # Trunks in the order least-cost routing tried them, the carrying trunk last.
+    trunks_tried: list[str] = []
 
 
 class ActiveCall(msgspec.Struct, frozen=True, kw_only=True):
-    """Checkpoint row of a call in progress; ``last_seen`` is when it was last known alive."""
+    """Checkpoint row of a call in progress; ``last_seen`` is when it was last known alive.
+
+    A paid call also carries its payer, its tariff and ``granted_seconds`` (the talk time
+    its reserved credit covers; None: no limit), so that a restart charges the call it
+    recovers, rated up to ``last_seen`` and never beyond what was granted.
+    """
 
     id: str
     caller: str
@@ -108,3 +152,56 @@ class ActiveCall(msgspec.Struct, frozen=True, kw_only=True):
     last_seen: float
     caller_call_id: str
     callee_call_id: str | None
+    payer: str | None = None
+    partner: str | None = None
+    tariff_prefix: str | None = None
+    rate_per_minute: str | None = None
+    billing_increment: list[int] = []
+    granted_seconds: int | None = None
+
+
+class Account(msgspec.Struct, frozen=True, kw_only=True):
+    """A prepaid account: a subscriber's balance or a partner's subsidy budget."""
+
+    kind: AccountKind
+    name: str
+    balance: str
+
+
+class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One change of an account's balance; ``amount`` < 0 is a charge, > 0 a credit.
+
+    ``reason`` is "provision" (the account was created), "topup", "adjustment" or "call"
+    (then ``call_id`` names the call, whose CDR was written in the same transaction).
+    """
+
+    id: int
+    kind: AccountKind
+    account: str
+    amount: str
+    balance_after: str
+    reason: LedgerReason
+    call_id: str | None
+    at: float
+
+
+class Charge(msgspec.Struct, frozen=True, kw_only=True):
+    """What one call costs its payer (``amount`` >= 0); settled with the call's CDR."""
+
+    kind: AccountKind
+    account: str
+    amount: str
+    call_id: str
+
+
+class MaskedBinding(msgspec.Struct, frozen=True, kw_only=True):
+    """A partner's masked number: ``a`` dialling ``number`` reaches ``b`` and back, until
+    ``expires_at``."""
+
+    id: str
+    partner: str
+    number: str
+    a: str
+    b: str
+    created_at: float
+    expires_at: float

@@ -73,6 +73,12 @@ def test_longest_prefix_wins() -> None:
     assert table.lookup("+14155550100").name == "world"  # type: ignore[union-attr]
 
 
+def test_a_tariff_names_its_trunk_only_when_it_is_a_trunk_tariff() -> None:
+    assert tariff("86", "0.10", (60, 60)).trunk is None
+    carried = Tariff("", D("0.10"), 60, 60, "trunk t", trunk="t")
+    assert carried.trunk == "t" and carried != Tariff("", D("0.10"), 60, 60, "trunk t")
+
+
 def test_no_matching_prefix_is_none() -> None:
     table = TariffTable([tariff("86", "0.10", (60, 60))])
     assert table.lookup("+14155550100") is None

@@ -16,7 +16,15 @@ import trio
 import trio.testing
 
 from gateway.store.base import Store, StoreError
-from gateway.store.model import ActiveCall, Binding, Cdr, Subscriber
+from gateway.store.model import (
+    Account,
+    ActiveCall,
+    Binding,
+    Cdr,
+    LedgerEntry,
+    MaskedBinding,
+    Subscriber,
+)
 from gateway.store.sqlite import _MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,7 +115,14 @@ async def test_commits_are_synchronous_full(store: SqliteStore) -> None:
 
 @pytest.mark.parametrize(
     ("table", "kind"),
-    [("bindings", Binding), ("cdrs", Cdr), ("active_calls", ActiveCall)],
+    [
+        ("bindings", Binding),
+        ("cdrs", Cdr),
+        ("active_calls", ActiveCall),
+        ("accounts", Account),
+        ("ledger", LedgerEntry),
+        ("masked_bindings", MaskedBinding),
+    ],
 )
 async def test_tables_have_a_column_per_record_field(
     store: SqliteStore, table: str, kind: type[msgspec.Struct]
