@@ -191,6 +191,35 @@ class MediaConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     max_calls: int = 2000
     cps_per_account: int = 1000
+    # Calls one account may have at once (DESIGN: 2,000 in the loopback demo).
+    calls_per_account: int = 2000
+    # New calls one account may start per minute; 0: no limit.
+    calls_per_minute_per_account: int = 0
+    # New calls per second over the whole box, every account together; 0: no limit.
+    cps: int = 0
+    # New calls are refused (503) while the process uses more than this fraction of one
+    # core, averaged over the last second, or while its event loop wakes more than
+    # max_loop_lag seconds late on average: existing calls keep their media. 0: off.
+    max_cpu: float = 0.85
+    max_loop_lag: float = 0.25
+    # E.164 prefixes (digits, no '+') never carried to a trunk. The defaults are the
+    # non-geographic codes priced at several US$ a minute that lead every list of
+    # international revenue share fraud: 979 International Premium Rate Service, 881
+    # satellite (GMSS: Iridium, Thuraya, ...), 882/883 International Networks, 870
+    # Inmarsat. Emergency calls are never blocked.
+    blocked_prefixes: list[str] = msgspec.field(
+        default_factory=lambda: ["870", "881", "882", "883", "979"]
+    )
+    # This many failed digest authentications (wrong password or unknown user) from
+    # one source address within auth_failure_window seconds ban it for ban_seconds:
+    # its requests are dropped unanswered. 0: never ban. Sources in ban_exempt (and
+    # the trunks' addresses) are never banned.
+    auth_failures_before_ban: int = 10
+    auth_failure_window: float = 60.0
+    ban_seconds: float = 600.0
+    ban_exempt: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # Most an account (subscriber or partner) may spend per UTC day; "0.00": no cap.
+    daily_spend_per_account: str = "0.00"
 
 
 class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -215,6 +244,16 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
 
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     listen: str = "127.0.0.1:8080"
+    # A finished click-to-call answers GET /v1/calls/{id} this long, then only its CDR.
+    call_retention: float = 3600.0
+    # Longest masked-number binding a partner may ask for (ttl_s), in seconds.
+    max_binding_ttl: float = 30 * 86400.0
+    # Callback deliveries: tries in all, the first back-off (doubling after each failed
+    # try) and its cap, and how long one try may take, in seconds.
+    callback_attempts: int = 6
+    callback_backoff: float = 1.0
+    callback_backoff_max: float = 16.0
+    callback_timeout: float = 5.0
 
     @property
     def host(self) -> str:
@@ -234,6 +273,9 @@ class SubscriberConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     balance: str = "0.00"
     # Codec preference toward this user's app; empty: media.app_codecs.
     codecs: list[str] = []
+    # The user's own mobile (E.164): carrier calls to its numbers go there when the app
+    # is offline. Empty: they get 480.
+    mobile: str = ""
 
     def as_subscriber(self) -> Subscriber:
         """The store record provisioned from this entry."""
@@ -245,6 +287,7 @@ class SubscriberConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
             fallback=self.fallback,
             balance=self.balance,
             codecs=list(self.codecs),
+            mobile=self.mobile,
         )
 
 
@@ -306,6 +349,12 @@ class PartnerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     api_key: str
     budget: str = "0.00"
     masked_pool: list[str] = []
+    # When the budget is spent: bill the calling user instead of refusing the call.
+    bill_user: bool = False
+    # Where call state changes are POSTed (empty: nowhere), signed with HMAC-SHA256 of
+    # the body under callback_secret.
+    callback_url: str = ""
+    callback_secret: str = ""
 
 
 class TariffConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -505,6 +554,7 @@ def _problems(config: Config) -> Iterator[Problem]:
     yield from _partner_problems(config.partners, config.http)
     yield from _duplicate_number_problems(config)
     yield from _tariff_problems(config.tariffs)
+    yield from _dns_problems(config.dns)
 
 
 def _general_problems(general: GeneralConfig) -> Iterator[Problem]:
@@ -711,6 +761,33 @@ def _limits_problems(limits: LimitsConfig) -> Iterator[Problem]:
         yield "limits.max_calls", f"must be at least 1, got {limits.max_calls}"
     if limits.cps_per_account < 1:
         yield "limits.cps_per_account", f"must be at least 1, got {limits.cps_per_account}"
+    yield from _admission_problems(limits)
+
+
+def _admission_problems(limits: LimitsConfig) -> Iterator[Problem]:
+    """The keys of gateway.calls.admission: counts, fractions, seconds, prefixes, networks."""
+    if limits.calls_per_account < 1:
+        yield "limits.calls_per_account", f"must be at least 1, got {limits.calls_per_account}"
+    for key in ("calls_per_minute_per_account", "cps", "auth_failures_before_ban"):
+        if getattr(limits, key) < 0:
+            yield f"limits.{key}", f"must be 0 (off) or more, got {getattr(limits, key)}"
+    if not (math.isfinite(limits.max_cpu) and 0 <= limits.max_cpu <= 1):
+        reason = f"must be a fraction of one core from 0 (off) to 1, got {limits.max_cpu}"
+        yield "limits.max_cpu", reason
+    if not (math.isfinite(limits.max_loop_lag) and limits.max_loop_lag >= 0):
+        reason = f"must be 0 (off) or a number of seconds, got {limits.max_loop_lag}"
+        yield "limits.max_loop_lag", reason
+    yield from _seconds_problem("limits.auth_failure_window", limits.auth_failure_window)
+    yield from _seconds_problem("limits.ban_seconds", limits.ban_seconds)
+    for i, prefix in enumerate(limits.blocked_prefixes):
+        if not re.fullmatch(r"[0-9]{1,15}", prefix):
+            reason = f"must be 1 to 15 digits of an E.164 number without '+', got {prefix!r}"
+            yield f"limits.blocked_prefixes[{i}]", reason
+    for i, network in enumerate(limits.ban_exempt):
+        try:
+            ipaddress.ip_network(network)
+        except ValueError as exc:
+            yield f"limits.ban_exempt[{i}]", f"must be an IP network such as 10.0.0.0/8: {exc}"
 
 
 def _split_host_port(text: str) -> tuple[str, int]:
@@ -732,6 +809,22 @@ def _http_problems(http: HttpConfig) -> Iterator[Problem]:
         _split_host_port(http.listen)
     except ValueError as exc:
         yield "http.listen", str(exc)
+    yield from _seconds_problem("http.call_retention", http.call_retention)
+    yield from _seconds_problem("http.max_binding_ttl", http.max_binding_ttl)
+    if http.callback_attempts < 1:
+        yield "http.callback_attempts", f"must be at least 1, got {http.callback_attempts}"
+    if not (math.isfinite(http.callback_backoff) and http.callback_backoff >= 0):
+        yield "http.callback_backoff", f"must be 0 or more seconds, got {http.callback_backoff}"
+    if not (
+        math.isfinite(http.callback_backoff_max)
+        and http.callback_backoff_max >= http.callback_backoff
+    ):
+        yield (
+            "http.callback_backoff_max",
+            f"must be at least http.callback_backoff ({http.callback_backoff}), "
+            f"got {http.callback_backoff_max}",
+        )
+    yield from _seconds_problem("http.callback_timeout", http.callback_timeout)
 
 
 def _decimal_problem(key: str, value: str) -> Iterator[Problem]:
@@ -770,6 +863,10 @@ def _subscriber_problems(
                 "demo passwords are accepted only while SIP listens on loopback",
             )
         yield from _number_problems(f"{key}.numbers", sub.numbers)
+        if sub.mobile:
+            yield from _number_problems(f"{key}.mobile", [sub.mobile])
+            if sub.mobile in sub.numbers:
+                yield f"{key}.mobile", "must not be one of the subscriber's own numbers"
         yield from _decimal_problem(f"{key}.balance", sub.balance)
 
 
@@ -875,7 +972,18 @@ def _partner_problems(partners: list[PartnerConfig], http: HttpConfig) -> Iterat
         elif partner.api_key.startswith(_DEMO_PREFIX) and not http_loopback:
             yield f"{key}.api_key", "demo keys are accepted only while HTTP listens on loopback"
         yield from _decimal_problem(f"{key}.budget", partner.budget)
+        if re.fullmatch(r"[0-9]+\.[0-9]{3,}", partner.budget):
+            yield f"{key}.budget", f"must be whole cents (2 decimals), got {partner.budget!r}"
         yield from _number_problems(f"{key}.masked_pool", partner.masked_pool)
+        if partner.callback_url and not re.fullmatch(
+            r"https?://[^\s/?#@]+(/\S*)?", partner.callback_url
+        ):
+            yield (
+                f"{key}.callback_url",
+                f"must be an http:// or https:// URL, got {partner.callback_url!r}",
+            )
+        if partner.callback_url and not partner.callback_secret:
+            yield f"{key}.callback_secret", "callback_url needs a secret to sign callbacks with"
 
 
 def _duplicate_number_problems(config: Config) -> Iterator[Problem]:
@@ -1030,3 +1138,17 @@ def _tariff_problems(tariffs: list[TariffConfig]) -> Iterator[Problem]:
         yield from _decimal_problem(f"{key}.per_minute", tariff.per_minute)
         if min(tariff.billing_increment) < 1:
             yield f"{key}.billing_increment", "both increments must be at least 1 second"
+
+
+def _dns_problems(dns: DnsConfig) -> Iterator[Problem]:
+    for i, server in enumerate(dns.servers):
+        if _is_ip(server):
+            continue
+        try:
+            _split_host_port(server)
+        except ValueError as exc:
+            reason = str(exc)
+            if reason.startswith("must be "):
+                reason = "must be an IP address, or " + reason.removeprefix("must be ")
+            yield f"dns.servers[{i}]", reason
+    yield from _seconds_problem("dns.timeout", dns.timeout)

@@ -21,9 +21,15 @@ import structlog
 import trio
 
 from gateway import __version__
+from gateway.calls.accounts import open_credit
 from gateway.calls.core import CallCore
+from gateway.calls.partners import PartnerService
 from gateway.calls.registrar import ExpiryPolicy, Registrar
+from gateway.calls.trunk_health import TrunkMonitor
+from gateway.calls.trunk_registration import TrunkRegistrations
 from gateway.config import Config
+from gateway.control.http import run_http
+from gateway.control.metrics import gateway_registry
 from gateway.control.server import ControlServer
 from gateway.logs import configure_logging
 from gateway.media.relay import PortAllocator
@@ -31,6 +37,7 @@ from gateway.sip.auth import DigestServer
 from gateway.sip.transaction import Timers
 from gateway.store.sqlite import SqliteStore
 from gateway.transport.certificates import ensure_self_signed, load_pair
+from gateway.transport.dns import Resolver, families_of
 from gateway.transport.endpoint import SipEndpoint
 from gateway.transport.tls import TlsContexts, client_context, server_context
 
@@ -116,6 +123,14 @@ class Gateway:
             tls_contexts=tls_contexts(config, directory, [host for host, _port in tls]),
         )
         self.core.endpoint = self.endpoint
+        # The partner API; its click-to-call calls are placed by the core.
+        self.partners = PartnerService(config, self.store, self.core)
+        self.metrics = gateway_registry(self.core)
+        # Trunks: DNS (RFC 3263) targets, OPTIONS health, outbound registrations.
+        self.dns = Resolver(config.dns, families=families_of(e.host for e in listen))
+        self.trunk_monitor = TrunkMonitor(config.trunks, self.endpoint, self.dns)
+        self.core.trunk_monitor = self.trunk_monitor  # routing skips trunks that are down
+        self.trunk_registrations = TrunkRegistrations(config.trunks, self.endpoint, self.dns)
         self.control = ControlServer(
             control_socket_path(config),
             {"status": self._status, "calls": self._calls, "cdr": self._cdr},
@@ -130,6 +145,7 @@ class Gateway:
         for subscriber in (entry.as_subscriber() for entry in self.config.subscribers):
             await self.store.upsert_subscriber(subscriber)
         self.core.set_subscribers(await self.store.list_subscribers())
+        self.core.credit = await open_credit(self.store, self.config, time.time())
         await self.registrar.load()
 
     async def serve(self) -> None:
@@ -139,7 +155,10 @@ class Gateway:
                 await nursery.start(self.endpoint.run)
                 nursery.start_soon(self._run_core)
                 await nursery.start(self.control.serve)
+                await nursery.start(run_http, self.config, self.partners, self.metrics)
                 nursery.start_soon(self._checkpoints)
+                nursery.start_soon(self.trunk_monitor.run)
+                nursery.start_soon(self.trunk_registrations.run)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
                 log.info(
                     "edgegw ready",
@@ -164,6 +183,7 @@ class Gateway:
                 break
         # Calls first, so their BYEs leave while the SIP sockets are still open.
         self._core_scope.cancel()
+        await self.trunk_registrations.shutdown()  # Expires: 0 while SIP still runs
         await trio.sleep(0.2)
         scope.cancel()
 
@@ -175,6 +195,9 @@ class Gateway:
     async def _checkpoint_now(self) -> None:
         now = time.time()
         rows = [call.record.checkpoint(now) for call in self.core.calls.values()]
+        credit = self.core.credit
+        if credit is not None:  # each call's payer and grant, for a restart to charge it
+            rows = [credit.checkpoint(row) for row in rows]
         await self.store.checkpoint_active_calls(rows, now)
 
     # ---- control handlers ----------------------------------------------------------------
@@ -198,6 +221,8 @@ class Gateway:
             "sip_overload_503": endpoint.stats.overload_503,
             "media_ports_in_use": self.allocator.in_use,
             "media_ports_capacity": self.allocator.capacity,
+            "trunk_health": self.trunk_monitor.snapshot(),
+            "trunk_registrations": self.trunk_registrations.snapshot(),
             "trunks": [
                 {"name": t.name, "address": f"{t.host}:{t.port}"} for t in self.config.trunks
             ],

@@ -46,6 +46,7 @@ from typing import Protocol
 import structlog
 import trio
 
+from gateway.calls.billing import Denied, Grant, Payer
 from gateway.calls.call import CallRecord, CallState
 from gateway.calls.call_media import (
     CallMedia,
@@ -70,6 +71,7 @@ from gateway.sip.message import (
     new_call_id,
     new_tag,
 )
+from gateway.sip.reason import ReasonError, cause_text, message_reasons, sip_to_q850
 from gateway.sip.sdp import (
     Origin,
     SdpError,
@@ -116,6 +118,11 @@ class CallHost(Protocol):
         ...
 
     def release_trunk(self, trunk: TrunkConfig) -> None: ...
+    def open_credit(self, call: Call, route: TrunkRoute) -> Grant | Denied | None:
+        """Prepaid credit for the call leaving on ``route``; None: the call is free."""
+        ...
+
+    def extend_credit(self, call: Call) -> Grant | None: ...
 
 
 @dataclass(eq=False)
@@ -171,6 +178,13 @@ class FaxSwitch:
 
 T38_REFUSED = "T.38 Not Accepted By Other Leg"
 
+# What the caller is told when nobody can pay for the route (billing's Denied reasons).
+_DENIALS = {
+    "insufficient-balance": "Insufficient Balance",
+    "daily-spend-cap": "Daily Spend Cap Reached",
+    "no-account": "No Account To Charge",
+}
+
 
 @dataclass(eq=False)
 class _Resend:
@@ -219,6 +233,18 @@ def map_status(status: int) -> tuple[int, str | None]:
 Route = AppRoute | TrunkRoute
 
 
+@dataclass(frozen=True, slots=True)
+class CarrierCaller:
+    """The caller of a call a carrier trunk brought in (to one of our numbers)."""
+
+    trunk: TrunkConfig
+    number: str  # the calling party as the carrier gave it (E.164 when it could be read)
+    owner: str  # the subscriber owning the number called: it pays for a forward
+
+
+Caller = Subscriber | CarrierCaller
+
+
 def attempts_of(route: Route) -> list[Route]:
     """The routes a call tries in turn: the app (then its fallback number's trunks), or
     each trunk of a number in least-cost order. Each trunk attempt has one trunk."""
@@ -231,10 +257,30 @@ def attempts_of(route: Route) -> list[Route]:
     return first + [replace(route, trunk=trunk, alternatives=()) for trunk in route.trunks]
 
 
-def moves_on(route: Route, status: int) -> bool:
-    """Whether a failure of ``route`` lets the call try its next route (never 486/603)."""
+def targets(route: Route) -> list[tuple[str, Destination]]:
+    """Where the INVITEs of a route go: (Request-URI, destination) of each fork."""
+    if isinstance(route, AppRoute):
+        return [(binding.contact, destination_of(binding)) for binding in route.bindings]
+    trunk = route.trunk
+    return [(route.request_uri, Destination(trunk.transport, (trunk.host, trunk.port)))]
+
+
+# Q.850 causes that say the network, not the called party, failed: another carrier may
+# get through (no route, out of order, no circuit, temporary failure, congestion,
+# unavailable circuit or resource, timer recovery). A user cause (busy, no answer,
+# rejected, unallocated number) ends the call whatever SIP status carried it.
+NETWORK_CAUSES = frozenset({3, 27, 34, 38, 41, 42, 44, 47, 102})
+
+
+def moves_on(route: Route, status: int, q850: int | None = None) -> bool:
+    """Whether a failure of ``route`` lets the call try its next route (never 486/603).
+
+    A trunk's Q.850 cause, when it gave one (RFC 3326), decides over the SIP status.
+    """
     if isinstance(route, AppRoute):
         return status in (408, 480, 503)
+    if q850 is not None and status not in (486, 600, 603):
+        return q850 in NETWORK_CAUSES
     return status == 408 or 500 <= status < 600
 
 
@@ -243,38 +289,54 @@ class Call:
         self,
         host: CallHost,
         server: ServerHandle,
-        caller: Subscriber,
+        caller: Caller,
         route: AppRoute | TrunkRoute,
         media_host: str,
         caller_dialog: Dialog,
     ) -> None:
         """`caller_dialog`: the early UAS dialog of the INVITE, its local Contact still empty."""
-        self.host = host
         self._caller_dialog = caller_dialog
         self.server = server
         self.invite = server.request
         self.caller = caller
-        self.media_host = media_host
-        self.config = host.config
-        self.attempts = attempts_of(route)
-        route = self.attempts[0]
-        self.route = route
-        callee = route.subscriber.username if isinstance(route, AppRoute) else route.number
-        self.record = CallRecord(
+        if isinstance(caller, CarrierCaller):
+            self.account = f"trunk:{caller.trunk.name}"  # whose limits the call counts against
+            self.payers = [Payer("subscriber", caller.owner)]  # only a forward costs money
+            caller_name = caller.number
+        else:
+            self.account = caller.username
+            self.payers = [Payer("subscriber", caller.username)]
+            caller_name = caller.username
+        record = CallRecord(
             id=secrets.token_hex(8),
-            caller=caller.username,
-            callee=callee,
-            route=_route_label(route),
-            trunk=route.trunk.name if isinstance(route, TrunkRoute) else None,
+            caller=caller_name,
+            callee="",
+            route="",
+            trunk=None,
             caller_call_id=self.invite.call_id,
         )
-        self.a = Leg(
+        flow = server.flow
+        a = Leg(
             "a",
             self.invite.call_id,
             server.local_tag,
             new_origin(media_host),
-            destination=Destination(server.flow.transport, server.flow.remote, server.flow),
+            destination=Destination(flow.transport, flow.remote, flow),
         )
+        self._begin(host, route, media_host, a, record)
+
+    def _begin(
+        self, host: CallHost, route: Route, media_host: str, a: Leg, record: CallRecord
+    ) -> None:
+        """What every call sets up: its routes, callee leg, media session and channels."""
+        self.host = host
+        self.media_host = media_host
+        self.config = host.config
+        self.attempts = attempts_of(route)
+        self.route = self.attempts[0]
+        self.record = record
+        self._label(self.route)
+        self.a = a
         self.b = Leg("b", new_call_id(), new_tag(), new_origin(media_host))
         self.record.callee_call_id = self.b.call_id
         media = self.config.media
@@ -287,7 +349,7 @@ class Call:
         )
         self.call_media = CallMedia(
             self.media,
-            {"a": self._caller_policy(), "b": self._callee_policy()},
+            {"a": self._caller_policy(), "b": self._policy_for(self.route)},
             {"a": self.a.origin, "b": self.b.origin},
             call_id=self.record.id,
             settings=transcode_settings(self.config.media),
@@ -298,6 +360,10 @@ class Call:
         self._seized: TrunkConfig | None = None
         self._old_branches: list[Branch] = []  # forks of routes given up, cancelled
         self._limit_at = math.inf  # when the route's longest call duration is reached
+        self._grant: Grant | None = None  # prepaid talk time of the route being tried
+        self._denied: Denied | None = None  # why the last route could not be paid for
+        self._credit_at = math.inf  # when the granted talk time is used up
+        self._answered_at = math.inf
         self.winner: Branch | None = None
         self.ended = trio.Event()
         self._inbox_send, self._inbox = trio.open_memory_channel[
@@ -334,18 +400,19 @@ class Call:
     def _caller_policy(self) -> LegPolicy:
         flow = self.server.flow
         secure = sdes_allowed(self.config, flow.transport, flow.remote[0])
+        if isinstance(self.caller, CarrierCaller):
+            return trunk_policy(self.config, self.caller.trunk, secure=secure)
         return app_policy(self.config, self.caller, secure=secure)
 
-    def _callee_policy(self) -> LegPolicy:
-        if isinstance(self.route, TrunkRoute):
-            trunk = self.route.trunk
+    def _policy_for(self, route: Route) -> LegPolicy:
+        """The media policy toward the peer of ``route``: its trunk's, or its app's."""
+        if isinstance(route, TrunkRoute):
+            trunk = route.trunk
             secure = sdes_allowed(self.config, trunk.transport, trunk.host)
             return trunk_policy(self.config, trunk, secure=secure)
         # One offer goes to every device of the callee: keys only if all are safe for them.
-        secure = all(
-            sdes_allowed(self.config, b.transport, b.source_host) for b in self.route.bindings
-        )
-        return app_policy(self.config, self.route.subscriber, secure=secure)
+        secure = all(sdes_allowed(self.config, b.transport, b.source_host) for b in route.bindings)
+        return app_policy(self.config, route.subscriber, secure=secure)
 
     @property
     def id(self) -> str:
@@ -436,16 +503,24 @@ class Call:
             self.server.reply(status, reason, to_tag=self.a.local_tag)
         self.end(end_reason, status)
 
-    def _wrap_up(self) -> None:
-        """Whatever is still open when the call's scope ends is closed politely."""
-        if self.record.end is None:
-            self.record.finish("gateway-shutdown", None)
+    def _caller_offer_body(self) -> bytes:
+        """The caller's offer, from which each route's offer is made."""
+        return self.invite.body
+
+    def _close_caller_transaction(self) -> None:
+        """At wrap-up: the caller's INVITE, still unanswered, gets its final response."""
         if not self.server.final_sent:
             failed = self.record.end_reason == "internal-error"
             status, reason = (
                 (500, "Server Internal Error") if failed else (503, "Service Unavailable")
             )
             self.server.reply(status, reason, to_tag=self.a.local_tag)
+
+    def _wrap_up(self) -> None:
+        """Whatever is still open when the call's scope ends is closed politely."""
+        if self.record.end is None:
+            self.record.finish("gateway-shutdown", None)
+        self._close_caller_transaction()
         for branch in [*self._old_branches, *self.branches]:
             if branch is not self.winner and branch.final is None:
                 self._cancel_branch(branch, force=True)
@@ -539,7 +614,9 @@ class Call:
                 status, reason = self._skipped_status(503, "No Usable Media On Route")
                 continue
             if isinstance(route, TrunkRoute) and not self._seize(route):
-                status, reason = 503, "No Trunk Available"
+                status, reason = (503, "No Trunk Available")
+                if self._denied is not None:
+                    status, reason = 403, _DENIALS.get(self._denied.reason, "Payment Required")
                 continue
             outcome = await self._attempt(offer, nursery, deadline, last=last)
             if outcome is not None:
@@ -557,15 +634,20 @@ class Call:
         self._release()
         self.route = route
         self._label(route)
+        self.record.q850_cause = self.record.reason_text = None  # the last route's, not ours
         self.b.origin = new_origin(self.media_host)
-        self.call_media.retarget("b", self._callee_policy(), self.b.origin)
+        self.call_media.retarget("b", self._policy_for(route), self.b.origin)
         self._media_failure = None
         try:
-            return self.call_media.offer("a", self.invite.body)
+            return self.call_media.offer("a", self._caller_offer_body())
         except NegotiationError as exc:
             log.info("route refused by media policy", call=self.id, reason=exc.reason)
             self._media_failure = exc
             return None
+
+    def _carrier_cause(self) -> int | None:
+        """The Q.850 cause a trunk gave with its failure, if it gave one."""
+        return self.record.q850_cause if isinstance(self.route, TrunkRoute) else None
 
     def _label(self, route: Route) -> None:
         record = self.record
@@ -585,6 +667,13 @@ class Call:
             self.record.trunk_skips[route.trunk.name] = refused
             return False
         self._seized = route.trunk
+        credit = self.host.open_credit(self, route)
+        if isinstance(credit, Denied):
+            log.info("no credit", call=self.id, payer=str(credit.payer), why=credit.reason)
+            self._release()
+            self._denied = credit
+            return False
+        self._grant = credit
         return True
 
     def _release(self) -> None:
@@ -648,42 +737,77 @@ class Call:
             return None
         if event.status < 300:
             return self._on_answer(branch, event)
+        self._note_reason(event)
         return self._branch_failed(branch, event.status, last=last)
+
+    def _note_reason(self, message: Request | Response) -> None:
+        """Why a leg failed or ended (RFC 3326 Reason), for the CDR and for failover: the
+        Q.850 cause when one came, else the one a failure status maps to (RFC 3398 8.2.6.1)."""
+        record = self.record
+        try:
+            reasons = message_reasons(message)
+        except ReasonError:
+            reasons = []
+        q850 = next((r for r in reasons if r.protocol == "Q.850" and r.cause is not None), None)
+        if q850 is not None and q850.cause is not None:
+            record.q850_cause, record.reason_text = q850.cause, q850.text or cause_text(q850.cause)
+        elif isinstance(message, Response):
+            record.q850_cause = sip_to_q850(message.status)
+            record.reason_text = next((r.text for r in reasons if r.text), None) or message.reason
+        elif record.q850_cause is None and reasons:
+            record.reason_text = reasons[0].text
 
     def _make_branches(self, offer: bytes) -> None:
         self._old_branches.extend(self.branches)
-        self.branches = []
-        if isinstance(self.route, AppRoute):
-            for binding in self.route.bindings:
-                self.branches.append(self._branch(binding.contact, destination_of(binding), offer))
-        else:
-            trunk = self.route.trunk
-            destination = Destination(trunk.transport, (trunk.host, trunk.port))
-            self.branches.append(self._branch(self.route.request_uri, destination, offer))
+        self.branches = [
+            self._branch(ruri, destination, offer) for ruri, destination in targets(self.route)
+        ]
 
     def _identity(self, destination: Destination) -> tuple[str, str]:
         """From and To URIs of the callee leg, in the gateway's name only."""
         local = hostport(
             self.host.endpoint.local_address(destination.transport, destination.address[0])
         )
+        caller = self._caller_user(toward_trunk=isinstance(self.route, TrunkRoute))
         if isinstance(self.route, TrunkRoute):
-            caller = self.caller.numbers[0] if self.caller.numbers else self.caller.username
             return (
                 f"sip:{caller}@{local}",
                 f"sip:{self.route.number}@{hostport(destination.address)}",
             )
         callee = self.route.subscriber.username
-        return f"sip:{self.caller.username}@{local}", f"sip:{callee}@{local}"
+        return f"sip:{caller}@{local}", f"sip:{callee}@{local}"
+
+    def _caller_user(self, *, toward_trunk: bool) -> str:
+        """Who the callee is told is calling: a carrier's caller as given; an app user
+        by name toward apps and by its first number toward carriers."""
+        caller = self.caller
+        if isinstance(caller, CarrierCaller):
+            return caller.number
+        if toward_trunk and caller.numbers:
+            return caller.numbers[0]
+        return caller.username
 
     def _branch(self, ruri: str, destination: Destination, offer: bytes) -> Branch:
         from_uri, to_uri = self._identity(destination)
+        return self._invite_branch(self.b, ruri, destination, offer, from_uri, to_uri)
+
+    def _invite_branch(
+        self,
+        leg: Leg,
+        ruri: str,
+        destination: Destination,
+        offer: bytes,
+        from_uri: str,
+        to_uri: str,
+        cseq: int | None = None,
+    ) -> Branch:
+        """An INVITE of ours on ``leg`` (its Call-ID and tag; CSeq ``self._cseq``)."""
         headers = Headers()
-        forwards = _max_forwards(self.invite)
-        headers.add("Max-Forwards", str(forwards))
-        headers.add("From", f"<{from_uri}>;tag={self.b.local_tag}")
+        headers.add("Max-Forwards", str(self._forwards()))
+        headers.add("From", f"<{from_uri}>;tag={leg.local_tag}")
         headers.add("To", f"<{to_uri}>")
-        headers.add("Call-ID", self.b.call_id)
-        headers.add("CSeq", str(CSeq(self._cseq, "INVITE")))
+        headers.add("Call-ID", leg.call_id)
+        headers.add("CSeq", str(CSeq(self._cseq if cseq is None else cseq, "INVITE")))
         headers.add(
             "Contact",
             f"<{self.host.endpoint.contact_uri(destination.transport, destination.address[0])}>",
@@ -694,6 +818,9 @@ class Call:
         headers.add("User-Agent", USER_AGENT)
         headers.add("Content-Type", "application/sdp")
         return Branch(Request("INVITE", ruri, headers, offer), destination)
+
+    def _forwards(self) -> int:
+        return _max_forwards(self.invite)
 
     def _start_branch(self, branch: Branch, nursery: trio.Nursery) -> None:
         branch.handle = self.host.endpoint.send_request(branch.request, branch.destination)
@@ -770,7 +897,7 @@ class Call:
             return None
         best = best_status([b.final for b in self.branches if b.final is not None])
         self.record.sip_status = best
-        if not last and moves_on(self.route, best):
+        if not last and moves_on(self.route, best, self._carrier_cause()):
             log.info("route failed, trying the next", call=self.id, status=best)
             return None
         mapped, reason = map_status(best)
@@ -803,13 +930,39 @@ class Call:
         self.host.endpoint.send_request(cancel, branch.destination, keep_via=True)
 
     def _on_answer(self, branch: Branch, response: Response) -> bool:
+        answer = self._take_callee_answer(branch, response)
+        if answer is None:
+            return False
+        ok = make_response(self.invite, 200, None, to_tag=self.a.local_tag)
+        self._a_contact(ok)
+        ok.headers.set("Allow", ALLOW)
+        ok.headers.set("Supported", "timer")
+        now = trio.current_time()
+        if self.a.timer is not None:
+            for name, value in self.a.timer.response_headers():
+                ok.headers.set(name, value)
+            self.a.timer.refreshed(now)
+        ok.body = answer
+        ok.headers.set("Content-Type", "application/sdp")
+        contact = ok.headers.get("Contact") or ""
+        self._caller_dialog.local_contact = contact.strip("<>")
+        self.a.dialog = self._caller_dialog
+        self.server.respond(ok)
+        self.a.dialog.confirm()
+        self._mark_answered(response, now)
+        self._retransmit_until_ack(self.a, ok)
+        return True
+
+    def _take_callee_answer(self, branch: Branch, response: Response) -> bytes | None:
+        """The callee's 2xx: its dialog, ACK, the other forks cancelled; the answer for
+        the caller's leg, or None when the call cannot go on (then it is refused)."""
         try:
             dialog = Dialog.as_uac(branch.request, response)
         except DialogError as exc:  # e.g. a 2xx without Contact: nothing to ACK or BYE
             log.warning("callee answer unusable", call=self.id, reason=str(exc))
             branch.final = response.status
             self._refuse(502, "Unusable Answer From Callee", "callee-bad-answer")
-            return False
+            return None
         self.winner = branch
         self.b.destination = branch.destination
         self.b.dialog = dialog
@@ -827,27 +980,14 @@ class Call:
             )
             self._refuse(status, reason, cause)
             self._send_bye(self.b)
-            return False
-        ok = make_response(self.invite, 200, None, to_tag=self.a.local_tag)
-        self._a_contact(ok)
-        ok.headers.set("Allow", ALLOW)
-        ok.headers.set("Supported", "timer")
-        now = trio.current_time()
-        if self.a.timer is not None:
-            for name, value in self.a.timer.response_headers():
-                ok.headers.set(name, value)
-            self.a.timer.refreshed(now)
-        ok.body = answer
-        ok.headers.set("Content-Type", "application/sdp")
-        contact = ok.headers.get("Contact") or ""
-        self._caller_dialog.local_contact = contact.strip("<>")
-        self.a.dialog = self._caller_dialog
+        return answer
+
+    def _mark_answered(self, response: Response, now: float) -> None:
+        """Both legs are up: the callee's session timer, media latching, the record."""
         self.b.timer = self._new_timer()
         _apply_session_expires(self.b.timer, response)
         self.b.timer.refreshed(now)
         self.b.peer_allows_update = _allows(response, "UPDATE")
-        self.server.respond(ok)
-        self.a.dialog.confirm()
         self.media.open_latch_window("a")
         self.media.open_latch_window("b")
         self.record.answer = time.time()
@@ -855,9 +995,11 @@ class Call:
         longest = self._max_duration()
         if longest:
             self._limit_at = now + longest
+        self._answered_at = now
+        if self._grant is not None and self._grant.seconds is not None:
+            self._credit_at = now + self._grant.seconds
         self._answered.set()
         self.b.acked.set()
-        self._retransmit_until_ack(self.a, ok)
         log.info(
             "call answered",
             call=self.id,
@@ -865,7 +1007,16 @@ class Call:
             callee=self.record.callee,
             route=self.record.route,
         )
-        return True
+
+    def _more_credit(self) -> bool:
+        """The granted talk time is used: ask for the next slice (RFC 4006-style quota)."""
+        grant = self.host.extend_credit(self)
+        if grant is None or grant.seconds is None:
+            self._credit_at = math.inf if grant is not None else self._credit_at
+            return grant is not None
+        self._grant = grant
+        self._credit_at = self._answered_at + grant.seconds
+        return trio.current_time() < self._credit_at
 
     def _max_duration(self) -> float:
         """The route's longest call in seconds (0: none): the trunk's, or routing's."""
@@ -926,7 +1077,11 @@ class Call:
             now = trio.current_time()
             media_deadline = math.inf if self._hold else self.media.last_activity + timeout
             deadline = min(
-                media_deadline, self._timer_deadline(), self._resend_deadline(), self._limit_at
+                media_deadline,
+                self._timer_deadline(),
+                self._resend_deadline(),
+                self._limit_at,
+                self._credit_at,
             )
             with trio.move_on_at(deadline):
                 await self.ended.wait()
@@ -941,6 +1096,9 @@ class Call:
                 return
             if now >= self._limit_at:
                 self.end("max-duration")
+                return
+            if now >= self._credit_at and not self._more_credit():
+                self.end("credit-exhausted")
                 return
             self._session_timers(now)
 
@@ -1026,6 +1184,7 @@ class Call:
         if method == "BYE":
             server.reply(200)
             leg.bye_done = True
+            self._note_reason(request)
             self.end("caller-bye" if leg is self.a else "callee-bye")
         elif method == "OPTIONS":
             ok = make_response(request, 200)
@@ -1386,5 +1545,6 @@ def _reason(end_reason: str) -> str:
         "no-ack": 'SIP;cause=408;text="No ACK"',
         "gateway-shutdown": 'SIP;cause=503;text="Gateway Shutting Down"',
         "max-duration": 'Q.850;cause=16;text="Maximum Call Duration Reached"',
+        "credit-exhausted": 'Q.850;cause=16;text="Credit Exhausted"',
     }
     return causes.get(end_reason, 'Q.850;cause=16;text="Normal call clearing"')

@@ -54,6 +54,9 @@ class CallRecord:
     # Trunks tried in least-cost order (the carrying one last), and why any was skipped.
     trunks_tried: list[str] = field(default_factory=list)
     trunk_skips: dict[str, str] = field(default_factory=dict)
+    partner: str | None = None  # the partner whose API or masked number made the call
+    q850_cause: int | None = None  # why the callee side failed or ended (RFC 3326 Reason)
+    reason_text: str | None = None
 
     def finish(self, reason: str, status: int | None = None) -> None:
         if self.end is not None:
@@ -88,6 +91,10 @@ class CallRecord:
             sip_status=self.sip_status,
             caller_call_id=self.caller_call_id,
             callee_call_id=self.callee_call_id,
+            partner=self.partner,
+            trunks_tried=list(self.trunks_tried),
+            q850_cause=self.q850_cause,
+            reason_text=self.reason_text,
         )
 
     def checkpoint(self, now: float) -> ActiveCall:
@@ -102,4 +109,5 @@ class CallRecord:
             last_seen=now,
             caller_call_id=self.caller_call_id,
             callee_call_id=self.callee_call_id,
+            partner=self.partner,
         )

@@ -8,17 +8,25 @@ in the core's nursery, each in a nursery of its own.
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 import trio
 
-from gateway.calls.b2bua import ALLOW, Call
+from gateway.calls.admission import Admission, LimitRefusal
+from gateway.calls.b2bua import ALLOW, Call, CarrierCaller
+from gateway.calls.billing import CreditControl, Denied, Grant, Payer, Tariffs
+from gateway.calls.click_to_call import ClickToCall
 from gateway.calls.limits import RateLimiter
+from gateway.calls.numbers import NumberError, classify
+from gateway.calls.origination import CallRefused, StateListener
+from gateway.calls.overload import sample_load
 from gateway.calls.registrar import Registrar
-from gateway.calls.router import Refusal, Router, TrunkRoute
+from gateway.calls.router import AppRoute, Refusal, Router, TrunkRoute, dialled
 from gateway.config import Config, TrunkConfig
 from gateway.media.relay import PortAllocator
 from gateway.sip.auth import AuthOutcome, DigestServer
@@ -70,6 +78,11 @@ class CoreStats:
     auth_challenges: int = 0
     auth_failures: int = 0
     registrations: int = 0
+    # Every refused INVITE by reason (gateway.calls.admission.RefusalReason values,
+    # "route" for the router's refusals, "draining").
+    refusals: Counter[str] = field(default_factory=Counter)
+    bans: int = 0  # source addresses banned after repeated authentication failures
+    banned_dropped: int = 0  # requests from banned sources, dropped unanswered
 
 
 class CallCore:
@@ -91,7 +104,8 @@ class CallCore:
         self.allocator = allocator
         self.alternate_allocator = alternate_allocator
         self.router = Router(config)
-        self.attempts = RateLimiter(config.limits.cps_per_account)
+        # Trunks are never banned: forged authentication failures must not cut off a carrier.
+        self.admission = Admission(config.limits, never_ban=[t.host for t in config.trunks])
         self.endpoint: SipEndpoint = None  # type: ignore[assignment]  # set by the service
         self.subscribers: dict[str, Subscriber] = {}
         self.numbers: dict[str, Subscriber] = {}
@@ -102,8 +116,24 @@ class CallCore:
         self.channels: dict[str, int] = {}
         # Trunk health (OPTIONS pings): set by the service when trunks are pinged.
         self.trunk_monitor: TrunkHealthView | None = None
+        # Prepaid credit (loaded from the store by the service) and the retail tariffs.
+        self.credit: CreditControl | None = None
+        self.tariffs = Tariffs.from_config(config)
+        self._trunk_networks = [
+            (trunk, [ipaddress.ip_network(n, strict=False) for n in trunk.networks])
+            for trunk in config.trunks
+        ]
         self.draining = False
         self._nursery: trio.Nursery | None = None
+
+    @property
+    def attempts(self) -> RateLimiter:
+        """The per-account call-attempt limiter (tests swap in a tighter one)."""
+        return self.admission.account_rate
+
+    @attempts.setter
+    def attempts(self, limiter: RateLimiter) -> None:
+        self.admission.account_rate = limiter
 
     def set_subscribers(self, subscribers: list[Subscriber]) -> None:
         self.subscribers = {s.username: s for s in subscribers}
@@ -112,6 +142,8 @@ class CallCore:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.admission.watches_load:
+                nursery.start_soon(sample_load, self.admission.load)
             task_status.started()
             await trio.sleep_forever()
 
@@ -119,6 +151,14 @@ class CallCore:
 
     def on_request(self, request: Request, server: ServerHandle | None, flow: Flow) -> None:
         to_tag = request.to.tag
+        if self.admission.banned(flow.remote[0], time.monotonic()) and (
+            to_tag is None or (request.call_id, to_tag) not in self.dialogs
+        ):
+            # Calls already set up from there go on; anything new gets no answer at all.
+            self.stats.banned_dropped += 1
+            if server is not None:
+                server.drop()
+            return
         if to_tag is not None:
             self._in_dialog(request, server, to_tag)
             return
@@ -206,6 +246,10 @@ class CallCore:
                 "auth failed", reason=result.reason, user=result.username, method=request.method
             )
         if outcomes & {AuthOutcome.BAD_CREDENTIALS, AuthOutcome.UNKNOWN_USER}:
+            source = server.flow.remote[0]
+            if self.admission.auth_failed(source, time.monotonic()):
+                self.stats.bans += 1
+                log.warning("source banned", source=source, seconds=self.config.limits.ban_seconds)
             server.refuse(403, "Forbidden")
             return None
         stale = bool(outcomes & {AuthOutcome.STALE, AuthOutcome.REPLAY})
@@ -248,7 +292,12 @@ class CallCore:
 
     def _invite(self, request: Request, server: ServerHandle, flow: Flow) -> None:
         if self.draining:
+            self.stats.refusals["draining"] += 1
             server.refuse(503, "Draining")
+            return
+        trunk = self._trunk_of(flow)
+        if trunk is not None:  # carriers do not authenticate: their address is their name
+            self._invite_from_trunk(request, server, trunk)
             return
         username = self._authenticate(request, server, proxy=True)
         if username is None:
@@ -265,27 +314,101 @@ class CallCore:
         assert isinstance(target, SipUri | TelUri)
         route = self.router.route(target, self.subscribers, self.numbers, self.registrar.bindings)
         # Emergency calls go through whatever the limits say (issue 4: never blocked).
-        emergency = isinstance(route, TrunkRoute) and route.emergency
-        if not emergency and not self.attempts.allow(username, time.monotonic()):
-            self.stats.calls_rate_limited += 1
-            response = make_response(request, 503, "Call Rate Limit Exceeded")
-            response.headers.set("Retry-After", "1")
-            server.reject(response)
-            return
-        if not emergency and len(self.calls) >= self.config.limits.max_calls:
-            self.stats.calls_refused += 1
-            server.refuse(503, "Too Many Calls")
+        trunk_route = route if isinstance(route, TrunkRoute) else None
+        limited = self.admission.admit(
+            username,
+            trunk_route.number if trunk_route else None,
+            emergency=trunk_route is not None and trunk_route.emergency,
+            active_calls=len(self.calls),
+            now=time.monotonic(),
+        )
+        if limited is not None:
+            self._refuse_by_limit(server, limited)
             return
         if isinstance(route, Refusal):
             self.stats.calls_refused += 1
+            self.stats.refusals["route"] += 1
             server.refuse(route.status, route.reason)
             return
         media_host = self.config.media.advertised_host or self.config.media.host
         call = Call(self, server, caller, route, media_host, dialog)
         self.calls[call.id] = call
+        self.admission.call_started(username)
         self.stats.calls_started += 1
         assert self._nursery is not None
         self._nursery.start_soon(call.run)
+
+    def _trunk_of(self, flow: Flow) -> TrunkConfig | None:
+        """The trunk a request came from: its source in the trunk's ``networks``, or,
+        without networks, exactly the trunk's host and port."""
+        try:
+            source = ipaddress.ip_address(flow.remote[0])
+        except ValueError:
+            return None
+        for trunk, networks in self._trunk_networks:
+            if networks and any(source in network for network in networks):
+                return trunk
+            if not networks and (trunk.host, trunk.port) == (flow.remote[0], flow.remote[1]):
+                return trunk
+        return None
+
+    def _invite_from_trunk(
+        self, request: Request, server: ServerHandle, trunk: TrunkConfig
+    ) -> None:
+        """A carrier's call to one of our numbers (DID): to its owner (Router.route_inbound)."""
+        try:
+            dialog = Dialog.as_uas(request, server.local_tag, "")
+        except DialogError as exc:
+            server.refuse(exc.status or 400, str(exc))
+            return
+        target = request.parsed_uri
+        assert isinstance(target, SipUri | TelUri)
+        route = self.router.route_inbound(
+            dialled(target) or "", self.numbers, self.registrar.bindings
+        )
+        if isinstance(route, Refusal):
+            self.stats.calls_refused += 1
+            self.stats.refusals["route"] += 1
+            server.refuse(route.status, route.reason)
+            return
+        account = f"trunk:{trunk.name}"
+        limited = self.admission.admit(
+            account, None, emergency=False, active_calls=len(self.calls), now=time.monotonic()
+        )
+        if limited is not None:
+            self._refuse_by_limit(server, limited)
+            return
+        owner = route.subscriber.username if isinstance(route, AppRoute) else route.fallback_for
+        caller = CarrierCaller(trunk, self._calling_number(request), owner or "")
+        media_host = self.config.media.advertised_host or self.config.media.host
+        call = Call(self, server, caller, route, media_host, dialog)
+        self.calls[call.id] = call
+        self.admission.call_started(account)
+        self.stats.calls_started += 1
+        assert self._nursery is not None
+        self._nursery.start_soon(call.run)
+
+    def _calling_number(self, request: Request) -> str:
+        """The caller a carrier names in From, in E.164 when it reads as a number."""
+        uri = request.from_.uri
+        user = dialled(uri) if isinstance(uri, SipUri | TelUri) else None
+        if not user:
+            return "anonymous"
+        try:
+            return classify(user, self.router.plan).number
+        except NumberError:
+            return user
+
+    def _refuse_by_limit(self, server: ServerHandle, refusal: LimitRefusal) -> None:
+        if refusal.reason.is_rate:
+            self.stats.calls_rate_limited += 1
+        else:
+            self.stats.calls_refused += 1
+        self.stats.refusals[refusal.reason.value] += 1
+        response = make_response(server.request, refusal.status, refusal.phrase)
+        if refusal.retry_after is not None:
+            response.headers.set("Retry-After", str(refusal.retry_after))
+        server.reject(response)
 
     # ---- CallHost ----------------------------------------------------------------------
 
@@ -302,6 +425,22 @@ class CallCore:
         self.channels[trunk.name] = seized + 1
         return None
 
+    def open_credit(self, call: Call, route: TrunkRoute) -> Grant | Denied | None:
+        if route.emergency or self.credit is None:
+            return None  # emergency calls are free and never refused for money
+        tariff = self.tariffs.for_call(call.record.route, route.number, route.trunk.name)
+        if tariff is None:
+            return None
+        now = time.time()
+        if call.id in self.credit:  # a failover: the last trunk's reservation goes back
+            self.credit.close(call.id, 0, now)
+        return self.credit.open_first(call.id, call.payers, tariff, now)
+
+    def extend_credit(self, call: Call) -> Grant | None:
+        if self.credit is None:
+            return None
+        return self.credit.extend(call.id, time.time())
+
     def release_trunk(self, trunk: TrunkConfig) -> None:
         left = self.channels.get(trunk.name, 0) - 1
         if left > 0:
@@ -309,13 +448,94 @@ class CallCore:
         else:
             self.channels.pop(trunk.name, None)
 
+    # ---- CallOriginator: calls the gateway places for partners --------------------------
+
+    async def click_to_call(self, *, partner: str, a: str, b: str, on_state: StateListener) -> str:
+        """Call A, then B, and bridge them (:class:`ClickToCall`); the call's id."""
+        if self.draining:
+            raise CallRefused(503, "Draining")
+        a_route, b_route = self._party_route("a", a), self._party_route("b", b)
+        account = f"partner:{partner}"
+        numbers: list[str | None] = [
+            r.number for r in (a_route, b_route) if isinstance(r, TrunkRoute)
+        ]
+        for number in numbers or [None]:  # every number dialled passes the blocked prefixes
+            limited = self.admission.admit(
+                account,
+                number,
+                emergency=False,
+                active_calls=len(self.calls),
+                now=time.monotonic(),
+            )
+            if limited is not None:
+                self.stats.refusals[limited.reason.value] += 1
+                raise CallRefused(limited.status, limited.phrase)
+        call = ClickToCall(
+            self,
+            partner=partner,
+            a_party=a,
+            b_party=b,
+            a_route=a_route,
+            b_route=b_route,
+            presented=self._presented(partner, a, b),
+            media_host=self.config.media.advertised_host or self.config.media.host,
+            on_state=on_state,
+            bill_users=self._bill_users(partner, a_route),
+        )
+        self.calls[call.id] = call
+        self.admission.call_started(account)
+        self.stats.calls_started += 1
+        assert self._nursery is not None
+        self._nursery.start_soon(call.run)
+        return call.id
+
+    def _party_route(self, name: str, party: str) -> AppRoute | TrunkRoute:
+        route = self.router.route_party(
+            party, self.subscribers, self.numbers, self.registrar.bindings
+        )
+        if isinstance(route, Refusal):
+            raise CallRefused(route.status, f"party {name}: {route.reason}")
+        if isinstance(route, TrunkRoute) and route.emergency:
+            raise CallRefused(403, f"party {name}: emergency numbers are not called this way")
+        return route
+
+    def _presented(self, partner: str, a: str, b: str) -> dict[str, str]:
+        """The caller each party is shown: the partner's first masked number, so
+        neither sees the other's; without a pool, each sees the other party."""
+        pool = next((p.masked_pool for p in self.config.partners if p.name == partner), [])
+        if pool:
+            return {"a": pool[0], "b": pool[0]}
+        return {"a": b, "b": a}
+
+    def _bill_users(self, partner: str, a_route: AppRoute | TrunkRoute) -> tuple[Payer, ...]:
+        """Who pays once the partner's budget is spent: A, when the partner's policy
+        bills the user and A is a subscriber (by name, or by a number it owns)."""
+        policy = next((p for p in self.config.partners if p.name == partner), None)
+        if policy is None or not policy.bill_user:
+            return ()
+        owner = a_route.subscriber.username if isinstance(a_route, AppRoute) else None
+        if owner is None and isinstance(a_route, TrunkRoute) and a_route.fallback_for:
+            owner = a_route.fallback_for
+        return (Payer("subscriber", owner),) if owner else ()
+
+    def hangup(self, call_id: str) -> bool:
+        """End a live call (any call: partner API, control socket); False if none."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return False
+        call.end("api-delete")
+        return True
+
     def forget(self, call: Call) -> None:
-        self.calls.pop(call.id, None)
+        if self.calls.pop(call.id, None) is not None:
+            self.admission.call_ended(call.account)
         for key in [(call.a.call_id, call.a.local_tag), (call.b.call_id, call.b.local_tag)]:
             self.dialogs.pop(key, None)
 
     async def record(self, call: Call) -> None:
-        cdr = call.record.cdr()
+        cdr, charge = call.record.cdr(), None
+        if self.credit is not None:
+            cdr, charge = self.credit.settle(cdr)
         log.info(
             "call ended",
             call=call.id,
@@ -323,4 +543,4 @@ class CallCore:
             end_reason=cdr.end_reason,
             duration=cdr.duration,
         )
-        await self.store.write_cdr(cdr)
+        await self.store.settle_call(cdr, charge)  # the CDR and its ledger row together

@@ -7,7 +7,9 @@ The router only decides; the B2BUA carries the decision out:
   global policy allow it (``routing.fallback_to_number``), else 480;
 * an emergency short code of the number plan: a carrier, always (no limits apply);
 * any other number, read in the configured country's plan (national, international
-  or E.164 form): least-cost routing over the trunks whose prefixes match it.
+  or E.164 form): least-cost routing over the trunks whose prefixes match it;
+* a carrier's call to one of our numbers (a DID, :meth:`Router.route_inbound`): the
+  owner's app, then the owner's own mobile when it has one, else 480; no transit.
 
 Least-cost routing orders the candidate trunks by the length of their longest
 matching prefix (longer first), then by what the carrier charges per minute
@@ -123,6 +125,16 @@ class Router:
         user = dialled(target)
         if not user:
             return Refusal(404, "Not Found")
+        return self.route_party(user, subscribers, numbers, bindings_of)
+
+    def route_party(
+        self,
+        user: str,
+        subscribers: dict[str, Subscriber],
+        numbers: dict[str, Subscriber],
+        bindings_of: Callable[[str], list[Binding]],
+    ) -> Route:
+        """The route to a subscriber's name or a dialled number (as :meth:`route`)."""
         callee = subscribers.get(user)
         if callee is not None:
             return self._to_subscriber(callee, bindings_of)
@@ -137,6 +149,30 @@ class Router:
             return self._to_subscriber(callee, bindings_of)
         route = self._to_number(where.number)
         return route if route is not None else Refusal(404, "No Route To Destination")
+
+    def route_inbound(
+        self,
+        called: str,
+        numbers: dict[str, Subscriber],
+        bindings_of: Callable[[str], list[Binding]],
+    ) -> Route:
+        """A carrier's call to one of our numbers (a DID): the owner's app; when it is
+        offline or does not answer, the owner's own mobile if it has one; else 480.
+        Carriers get no transit: a number that is not ours is 404."""
+        try:
+            where = classify(called, self.plan)
+        except NumberError:
+            return Refusal(404, "Not Found")
+        owner = numbers.get(where.number)
+        if owner is None:
+            return Refusal(404, "Not Found")
+        mobile = None
+        if owner.mobile:
+            mobile = self._to_number(owner.mobile, fallback_for=owner.username)
+        contacts = bindings_of(owner.username)
+        if contacts:
+            return AppRoute(owner, contacts, fallback=mobile)
+        return mobile or Refusal(480, "Temporarily Unavailable")
 
     def _to_number(self, number: str, fallback_for: str | None = None) -> TrunkRoute | None:
         order = lcr_order(self.trunks, number)

@@ -96,6 +96,12 @@ class ServerHandle:
     def refuse(self, status: int, reason: str | None = None) -> None:
         self.reject(make_response(self.request, status, reason))
 
+    def drop(self) -> None:
+        """No answer at all (a banned source): the transaction is forgotten, never resent."""
+        self.final_sent = True
+        self.endpoint.layer.discard(self.txn)
+        self.endpoint._servers.pop(self.txn, None)
+
     def reject(self, response: Response) -> None:
         """A final non-2xx outside any call: statelessly for INVITE, so never retransmitted.
 

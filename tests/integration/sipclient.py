@@ -595,6 +595,10 @@ class GatewaySettings:
     tls_handshake_timeout: float = 10.0
     media_host6: str = ""  # media sockets of the other family, for IPv4/IPv6 bridging
     cps_per_account: int = 1000
+    # More [limits] keys, as TOML lines. The load limits are off unless a test turns them
+    # on: in this harness the gateway shares the test's process and event loop, whose CPU
+    # use and lateness are the test's as much as the gateway's.
+    limits_toml: str = "max_cpu = 0.0\nmax_loop_lag = 0.0"
     extra_toml: str = ""  # appended to the config: more trunks, [routing], ...
 
 
@@ -644,6 +648,10 @@ def gateway_config_text(
 
             [limits]
             cps_per_account = {settings.cps_per_account}
+            {settings.limits_toml.replace(chr(10), chr(10) + " " * 12)}
+
+            [http]
+            listen = "127.0.0.1:{free_sip_port(["127.0.0.1"])}"
 
             [media]
             host = "127.0.0.1"

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from gateway.sip.message import Request, Response
+from gateway.sip.message import Request, Response, make_response
 from gateway.store.model import Cdr
 from tests.integration.sipclient import (
     NUMBERS,
@@ -124,10 +124,16 @@ async def refused(caller: UdpPeer, invite: Request, status: int) -> None:
     await caller.send(ack_for_failure(invite, response))
 
 
-async def reject(carrier: UdpPeer, gw: GatewayUnderTest, status: int) -> Request:
-    """The next INVITE at ``carrier``, refused with ``status`` (and its ACK taken)."""
+async def reject(
+    carrier: UdpPeer, gw: GatewayUnderTest, status: int, *, q850: int | None = None
+) -> Request:
+    """The next INVITE at ``carrier``, refused with ``status`` (and its ACK taken),
+    with a Reason header carrying Q.850 cause ``q850`` when one is given."""
     carried = await carrier.expect_request("INVITE")
-    await carrier.reply(carried, status, to_tag=f"t{status}", to=gw.udp4)
+    response = make_response(carried, status, to_tag=f"t{status}")
+    if q850 is not None:
+        response.headers.set("Reason", f'Q.850;cause={q850};text="from the carrier"')
+    await carrier.send(response, gw.udp4)
     await carrier.expect_request("ACK")
     return carried
 
@@ -213,6 +219,30 @@ async def test_callee_answers_are_never_failed_over(
     await reject(specific, gw, status)
     await refused(caller, invite, status)
     await cheap.expect_silence(0.5)
+
+
+async def test_a_carrier_cause_of_the_called_party_stops_failover(
+    gw: GatewayUnderTest, caller: UdpPeer, specific: UdpPeer, cheap: UdpPeer
+) -> None:
+    # 503 would fail over, but Q.850 cause 17 (user busy) says the callee was reached.
+    invite = await place(caller, "13800138000")
+    await reject(specific, gw, 503, q850=17)
+    await refused(caller, invite, 503)
+    await cheap.expect_silence(0.5)
+    [cdr] = await cdrs(gw, 1)
+    assert (cdr.q850_cause, cdr.reason_text) == (17, "from the carrier")
+
+
+async def test_a_network_cause_fails_over_whatever_the_status(
+    gw: GatewayUnderTest, caller: UdpPeer, specific: UdpPeer, cheap: UdpPeer
+) -> None:
+    # 480 alone ends the call; with Q.850 cause 34 (no circuit) the next carrier is tried.
+    invite = await place(caller, "13800138000")
+    await reject(specific, gw, 480, q850=34)
+    await reject(cheap, gw, 486)
+    await refused(caller, invite, 486)
+    [cdr] = await cdrs(gw, 1)
+    assert (cdr.trunks_tried, cdr.q850_cause) == (["specific", "cheap"], 17)
 
 
 async def test_every_trunk_failing_gives_the_last_failure(

@@ -1,0 +1,363 @@
+"""Click-to-call: the gateway calls party A, and once A answers calls B and bridges them.
+
+This is third-party call control (RFC 3725) done by a B2BUA that anchors the media.
+A is called with the gateway's own offer (every codec A's policy allows, with SDES
+keys where A's policy wants them); A's answer then stands in as the offer the B leg is
+made from, so B is offered what A took (or, transcoding, what B's policy prefers), and
+B's answer completes the call's media plan without anything more said to A. B is
+reached with the same routing as any call (an app that does not answer falls back to
+its number; trunks fail over in least-cost order); A's routes are tried the same way.
+
+After the bridge the call is an ordinary :class:`~gateway.calls.b2bua.Call`: in-dialog
+requests, session timers, media timeout and BYE work the same on both legs. Each state
+change is reported to the partner logic through a
+:data:`~gateway.calls.origination.StateListener`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+
+import structlog
+import trio
+
+from gateway.calls.b2bua import (
+    Branch,
+    Call,
+    CallHost,
+    Leg,
+    Route,
+    _apply_session_expires,
+    _family_of,
+    _is_sdp,
+    attempts_of,
+    moves_on,
+    new_origin,
+    targets,
+)
+from gateway.calls.billing import Payer
+from gateway.calls.call import CallRecord, CallState, disposition_for
+from gateway.calls.negotiation import LegPolicy, NegotiationError
+from gateway.calls.origination import ClickToCallState, StateListener
+from gateway.calls.router import AppRoute, TrunkRoute
+from gateway.config import TrunkConfig
+from gateway.sip.dialog import Dialog, DialogError
+from gateway.sip.message import Response, new_call_id, new_tag
+from gateway.transport.endpoint import ClientEvent, TransactionTimeout
+from gateway.transport.flow import Destination, hostport
+
+log = structlog.get_logger("edgegw.click_to_call")
+
+
+def gateway_offer(host: str) -> bytes:
+    """The offer the gateway makes on its own for A: G.711 from nowhere (0.0.0.0).
+
+    It only seeds the negotiator: A is offered its own policy's codecs (the call may
+    transcode), and what A answers becomes the offer toward B.
+    """
+    family = "IP6" if ":" in host else "IP4"
+    nowhere = "::" if family == "IP6" else "0.0.0.0"
+    session = secrets.randbelow(2**31) + 1
+    lines = [
+        "v=0",
+        f"o=edgegw {session} {session} IN {family} {host}",
+        "s=edgegw",
+        f"c=IN {family} {nowhere}",
+        "t=0 0",
+        "m=audio 9 RTP/AVP 8 0 101",
+        "a=rtpmap:8 PCMA/8000",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-16",
+        "a=sendrecv",
+    ]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+class ClickToCall(Call):
+    """A call the gateway places for a partner: A first, then B, then the bridge."""
+
+    def __init__(
+        self,
+        host: CallHost,
+        *,
+        partner: str,
+        a_party: str,
+        b_party: str,
+        a_route: Route,
+        b_route: Route,
+        presented: dict[str, str],
+        media_host: str,
+        on_state: StateListener,
+        bill_users: tuple[Payer, ...] = (),
+    ) -> None:
+        self.partner = partner
+        self.account = f"partner:{partner}"  # whose limits the call counts against
+        # The partner's budget pays; with bill_user, a subscriber party pays when it is spent.
+        self.payers = [Payer("partner", partner), *bill_users]
+        self.presented = presented  # the caller each leg is shown, by leg ("a", "b")
+        self.on_state = on_state
+        self.a_attempts = attempts_of(a_route)
+        self.a_branches: list[Branch] = []
+        self.a_winner: Branch | None = None
+        self.phase = ClickToCallState.CREATED
+        self._a_body = b""
+        self._a_cseq = 0
+        self._a_seized: TrunkConfig | None = None
+        a = Leg("a", new_call_id(), new_tag(), new_origin(media_host))
+        record = CallRecord(
+            id=secrets.token_hex(8),
+            caller=a_party,
+            callee=b_party,
+            route="click-to-call",
+            trunk=None,
+            caller_call_id=a.call_id,
+            partner=partner,
+        )
+        self._begin(host, b_route, media_host, a, record)
+
+    # ---- what differs from a call that came in -----------------------------------------
+
+    def _label(self, route: Route) -> None:
+        self.record.trunk = route.trunk.name if isinstance(route, TrunkRoute) else None
+
+    def _caller_policy(self) -> LegPolicy:
+        return self._policy_for(self.a_attempts[0])
+
+    def _media_families(self) -> dict[str, socket.AddressFamily]:
+        return {"a": _route_family(self.a_attempts[0]), "b": _route_family(self.route)}
+
+    def _caller_offer_body(self) -> bytes:
+        return self._a_body
+
+    def _forwards(self) -> int:
+        return 70
+
+    def _refuse(self, status: int, reason: str | None, end_reason: str) -> None:
+        self.end(end_reason, status)
+
+    def _close_caller_transaction(self) -> None:
+        # Nobody called us: what is still pending toward A is cancelled instead.
+        for branch in self.a_branches:
+            if branch is not self.a_winner and branch.final is None:
+                self._cancel_branch(branch, force=True)
+        self._release_a()
+
+    def _identity(self, destination: Destination) -> tuple[str, str]:
+        return self._identity_toward("b", self.route, destination)
+
+    def _identity_toward(self, leg: str, route: Route, destination: Destination) -> tuple[str, str]:
+        """From: the number shown to this leg, in the gateway's name; To: the party."""
+        local = hostport(
+            self.host.endpoint.local_address(destination.transport, destination.address[0])
+        )
+        caller = f"sip:{self.presented[leg]}@{local}"
+        if isinstance(route, TrunkRoute):
+            return caller, f"sip:{route.number}@{hostport(destination.address)}"
+        return caller, f"sip:{route.subscriber.username}@{local}"
+
+    def on_stray_2xx(self, response: Response) -> None:
+        leg = self.a if response.call_id == self.a.call_id else self.b
+        if leg.dialog is not None and leg.destination is not None:
+            self.host.endpoint.send_ack(leg.dialog.create_ack(response.cseq.seq), leg.destination)
+
+    def _late_event(self, branch: Branch, event: ClientEvent) -> None:
+        if branch is self.a_winner:
+            if not isinstance(event, TransactionTimeout) and 200 <= event.status < 300:
+                self.on_stray_2xx(event)  # A's 2xx again: our ACK was lost
+            return
+        super()._late_event(branch, event)
+
+    def _on_provisional(self, branch: Branch, response: Response) -> None:
+        # B rings; A hears the relay's silence (no ringback is generated here).
+        branch.provisional = True
+        if branch.cancel_wanted and not branch.cancelled:
+            self._send_cancel(branch)
+        elif self.record.state is CallState.SETUP:
+            self.record.state = CallState.RINGING
+
+    def _on_answer(self, branch: Branch, response: Response) -> bool:
+        if self._take_callee_answer(branch, response) is None:
+            return False
+        self.a.acked.set()
+        self._mark_answered(response, trio.current_time())
+        self._notify(ClickToCallState.BRIDGED)
+        return True
+
+    # ---- the two phases ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            self._notify(ClickToCallState.ENDED, self._cause())
+
+    async def _setup(self, nursery: trio.Nursery) -> bool:
+        with trio.CancelScope() as scope:
+            nursery.start_soon(self._cancel_when_ended, scope)
+            if not await self._call_a(nursery):
+                return False
+            self._notify(ClickToCallState.CALLING_B)
+            return await self._try_routes(self._offer_for_b(), nursery)
+        return False  # ended (the partner hung up) while calling
+
+    async def _cancel_when_ended(self, scope: trio.CancelScope) -> None:
+        await self.ended.wait()
+        scope.cancel()
+
+    def _offer_for_b(self) -> bytes | None:
+        try:
+            return self.call_media.offer("a", self._a_body)
+        except NegotiationError as exc:
+            log.info("no offer for B from A's answer", call=self.id, reason=exc.reason)
+            self._media_failure = exc
+            return None
+
+    async def _call_a(self, nursery: trio.Nursery) -> bool:
+        self._notify(ClickToCallState.CALLING_A)
+        deadline = trio.current_time() + self.config.sip.no_answer_timeout
+        for index, route in enumerate(self.a_attempts):
+            offer = self._offer_for_a(route, retarget=index > 0)
+            if offer is None or not self._seize_a(route):
+                continue
+            outcome = await self._attempt_a(route, offer, nursery, deadline)
+            if outcome is not None:
+                return outcome
+            if index == len(self.a_attempts) - 1 or not moves_on(route, self._a_status()):
+                break
+        self.end("a-" + disposition_for(self._a_status(), False, ""), self._a_status())
+        return False
+
+    def _offer_for_a(self, route: Route, *, retarget: bool) -> bytes | None:
+        if retarget:
+            self._release_a()
+            self.a.origin = new_origin(self.media_host)
+            self.call_media.retarget("a", self._policy_for(route), self.a.origin)
+        try:
+            return self.call_media.offer("b", gateway_offer(self.media_host))
+        except NegotiationError as exc:
+            log.info("A's route refused by media policy", call=self.id, reason=exc.reason)
+            return None
+
+    def _seize_a(self, route: Route) -> bool:
+        if not isinstance(route, TrunkRoute):
+            return True
+        refused = self.host.seize_trunk(route.trunk, force=False)
+        self.record.trunks_tried.append(route.trunk.name)
+        if refused is not None:
+            self.record.trunk_skips[route.trunk.name] = refused
+            return False
+        self._a_seized = route.trunk
+        return True
+
+    def _release_a(self) -> None:
+        if self._a_seized is not None:
+            self.host.release_trunk(self._a_seized)
+            self._a_seized = None
+
+    def _a_status(self) -> int:
+        finals = [b.final for b in self.a_branches if b.final is not None]
+        return min(finals, default=480)
+
+    async def _attempt_a(
+        self, route: Route, offer: bytes, nursery: trio.Nursery, deadline: float
+    ) -> bool | None:
+        """A's forks on one route: True answered, False over, None try A's next route."""
+        self._a_cseq += 1
+        self._old_branches.extend(self.a_branches)
+        self.a_branches = []
+        for ruri, destination in targets(route):
+            from_uri, to_uri = self._identity_toward("a", route, destination)
+            fork = self._invite_branch(
+                self.a, ruri, destination, offer, from_uri, to_uri, cseq=self._a_cseq
+            )
+            self.a_branches.append(fork)
+            self._start_branch(fork, nursery)
+        while True:
+            with trio.move_on_at(deadline):
+                branch, event = await self._events.receive()
+                if branch is None or event is None:
+                    continue
+                if branch not in self.a_branches:
+                    self._late_event(branch, event)
+                    continue
+                outcome = self._on_a_event(branch, event)
+                if outcome is not None or all(b.final is not None for b in self.a_branches):
+                    return outcome
+                continue
+            for pending in self.a_branches:
+                self._cancel_branch(pending, force=True)
+            self.end("a-no-answer", 408)
+            return False
+
+    def _on_a_event(self, branch: Branch, event: ClientEvent) -> bool | None:
+        if isinstance(event, TransactionTimeout):
+            branch.final = 408
+            return None
+        if event.status < 200:
+            branch.provisional = True
+            return None
+        if event.status >= 300:
+            branch.final = event.status
+            return None
+        return self._a_answered(branch, event)
+
+    def _a_answered(self, branch: Branch, response: Response) -> bool:
+        try:
+            dialog = Dialog.as_uac(branch.request, response)
+        except DialogError as exc:
+            log.warning("A's answer unusable", call=self.id, reason=str(exc))
+            branch.final = 502
+            self.end("a-bad-answer", 502)
+            return False
+        self.a_winner = branch
+        self.a.destination = branch.destination
+        self.a.dialog = dialog
+        self.host.endpoint.send_ack(dialog.create_ack(response.cseq.seq), branch.destination)
+        for other in self.a_branches:
+            if other is not branch:
+                self._cancel_branch(other)
+        if not (response.body and _is_sdp(response)) or self._answer("a", response.body) is None:
+            self.end("a-bad-sdp", 488)
+            self._send_bye(self.a)
+            return False
+        self._a_body = response.body
+        self.a.timer = self._new_timer()
+        _apply_session_expires(self.a.timer, response)
+        self.a.timer.refreshed(trio.current_time())
+        log.info("A answered, calling B", call=self.id, a=self.record.caller)
+        return True
+
+    # ---- reporting -----------------------------------------------------------------------
+
+    def _notify(self, state: ClickToCallState, cause: str | None = None) -> None:
+        if state is self.phase:
+            return
+        self.phase = state
+        try:
+            self.on_state(state, cause)
+        except Exception:
+            # The partner's bookkeeping must never take the call down with it.
+            log.exception("click-to-call state listener failed", call=self.id)
+
+    def _cause(self) -> str:
+        """Why the call ended, in the partner API's words (a-busy, b-no-answer, a-bye...)."""
+        reason = self.record.end_reason or "unknown"
+        if reason.startswith("a-"):
+            return reason
+        if self.record.answer is None and self.a_winner is not None:
+            disposition = disposition_for(self.record.sip_status, False, reason)
+            return "api-delete" if reason == "api-delete" else f"b-{disposition}"
+        return {"caller-bye": "a-bye", "callee-bye": "b-bye"}.get(reason, reason)
+
+
+def _route_family(route: Route) -> socket.AddressFamily:
+    if isinstance(route, TrunkRoute):
+        return _family_of(route.trunk.host)
+    if isinstance(route, AppRoute) and route.bindings:
+        return _family_of(route.bindings[0].source_host)
+    return socket.AF_INET
+
+
+__all__ = ["ClickToCall", "gateway_offer"]

@@ -1,0 +1,128 @@
+"""Carrier calls to our numbers (DIDs), over real SIP (issue 4, routing).
+
+The carrier trunk is a socket of the test (the ``trunk`` fixture): the gateway knows it
+by its address and port, so its INVITEs need no credentials. Subscriber 3001 owns
++8613900133001 and has a mobile, +8613800133001; 1002 owns +8613900139002 and has none.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from gateway.sip.message import Request
+from gateway.store.model import Cdr
+from gateway.transport.flow import hostport
+from tests.integration.sipclient import (
+    NUMBERS,
+    GatewaySettings,
+    GatewayUnderTest,
+    UdpPeer,
+    ack_for_failure,
+    sdp_offer,
+)
+
+OWNER_NUMBER = "+8613900133001"
+OWNER_MOBILE = "+8613800133001"
+CARRIER_CALLER = "+8613700137000"
+
+
+@pytest.fixture
+def gateway_settings() -> GatewaySettings:
+    extra = f"""
+[routing]
+ring_timeout = 1.0
+
+[[subscribers]]
+username = "3001"
+password = "pw-3001-not-demo"
+numbers = ["{OWNER_NUMBER}"]
+mobile = "{OWNER_MOBILE}"
+balance = "10.00"
+"""
+    return GatewaySettings(ipv6=False, extra_toml=extra)
+
+
+def carrier_invite(trunk: UdpPeer, gw: GatewayUnderTest, number: str) -> Request:
+    invite = trunk.request(
+        "INVITE",
+        f"sip:{number}@{hostport(gw.udp4)}",
+        from_user=CARRIER_CALLER,
+        to_user=number,
+        body=sdp_offer("127.0.0.1", 42000),
+    )
+    return invite
+
+
+async def cdrs(gw: GatewayUnderTest, count: int) -> list[Cdr]:
+    with trio.fail_after(10):
+        while len(found := await gw.running.store.list_cdrs()) < count:
+            await trio.sleep(0.05)
+    return found
+
+
+async def test_a_carrier_call_to_a_number_rings_its_owners_app(
+    gw: GatewayUnderTest, trunk: UdpPeer
+) -> None:
+    app = await UdpPeer.open(gw.udp4)
+    register = app.request("REGISTER", f"sip:{app.domain}", from_user="1002", to_user="1002")
+    assert (await app.with_auth(register, "1002")).status == 200
+    invite = carrier_invite(trunk, gw, NUMBERS["1002"])
+    await trunk.send(invite, gw.udp4)
+    ringing = await app.expect_request("INVITE")
+    assert CARRIER_CALLER in (ringing.headers.get("From") or "")
+    assert b"RTP/SAVP" in ringing.body  # the app leg gets SRTP, the carrier's stays plain
+    await app.reply(ringing, 486, to_tag="busy", to=gw.udp4)
+    await app.expect_request("ACK")
+    refused = await trunk.expect_response(invite)
+    assert refused.status == 486
+    await trunk.send(ack_for_failure(invite, refused), gw.udp4)
+    [cdr] = await cdrs(gw, 1)
+    assert (cdr.caller, cdr.callee, cdr.route) == (CARRIER_CALLER, "1002", "app")
+    app.close()
+
+
+async def test_an_offline_owner_with_a_mobile_is_forwarded_there(
+    gw: GatewayUnderTest, trunk: UdpPeer
+) -> None:
+    invite = carrier_invite(trunk, gw, OWNER_NUMBER)
+    await trunk.send(invite, gw.udp4)
+    forwarded = await trunk.expect_request("INVITE")
+    assert forwarded.uri.startswith(f"sip:{OWNER_MOBILE}@")
+    assert CARRIER_CALLER in (forwarded.headers.get("From") or "")
+    await trunk.reply(forwarded, 486, to_tag="busy", to=gw.udp4)
+    await trunk.expect_request("ACK")
+    refused = await trunk.expect_response(invite)
+    assert refused.status == 486
+    await trunk.send(ack_for_failure(invite, refused), gw.udp4)
+    [cdr] = await cdrs(gw, 1)
+    assert (cdr.route, cdr.callee, cdr.trunk) == ("fallback", OWNER_MOBILE, "test-carrier")
+
+
+@pytest.mark.parametrize(
+    ("number", "status"),
+    [
+        (NUMBERS["1002"], 480),  # ours, the app offline, no mobile
+        ("+8613800138000", 404),  # not ours: carriers get no transit
+        ("+8617000000001", 404),
+    ],
+)
+async def test_carrier_calls_that_go_nowhere(
+    gw: GatewayUnderTest, trunk: UdpPeer, number: str, status: int
+) -> None:
+    invite = carrier_invite(trunk, gw, number)
+    await trunk.send(invite, gw.udp4)
+    response = await trunk.expect_response(invite)
+    assert response.status == status
+    await trunk.send(ack_for_failure(invite, response), gw.udp4)
+    await trunk.expect_silence(0.3)  # nothing went back out to a carrier
+
+
+async def test_the_same_invite_from_an_unknown_peer_is_challenged(
+    gw: GatewayUnderTest, trunk: UdpPeer
+) -> None:
+    stranger = await UdpPeer.open(gw.udp4)
+    invite = carrier_invite(stranger, gw, NUMBERS["1002"])
+    response = await stranger.transact(invite)
+    assert response.status == 407  # only an app user with credentials may call from there
+    stranger.close()
