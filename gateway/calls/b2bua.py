@@ -36,6 +36,7 @@ gets 488 "T.38 Not Accepted By Other Leg" and the audio goes on.
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import socket
 import time
@@ -58,11 +59,21 @@ from gateway.calls.call_media import (
 )
 from gateway.calls.negotiation import LegPolicy, NegotiationError, Side
 from gateway.calls.registrar import destination_of
-from gateway.calls.router import AppRoute, TrunkRoute
+from gateway.calls.router import AppRoute, TrunkRoute, number_plan
 from gateway.config import Config, TrunkConfig
 from gateway.media.relay import MediaSession, PortAllocator, PortsExhausted
 from gateway.sip.dialog import Dialog, DialogError, DialogState
 from gateway.sip.headers import CSeq
+from gateway.sip.identity import (
+    IdentityError,
+    Privacy,
+    PrivacyError,
+    make_identity,
+    message_privacy,
+    parse_privacy,
+    present_caller,
+    to_trunk_number,
+)
 from gateway.sip.message import (
     Headers,
     Request,
@@ -98,6 +109,7 @@ from gateway.transport.flow import Destination, hostport
 log = structlog.get_logger("edgegw.call")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, REGISTER"
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 USER_AGENT = "edgegw"
 
 
@@ -334,6 +346,7 @@ class Call:
         self.config = host.config
         self.attempts = attempts_of(route)
         self.route = self.attempts[0]
+        self._plan = number_plan(self.config)
         self.record = record
         self._label(self.route)
         self.a = a
@@ -789,7 +802,49 @@ class Call:
 
     def _branch(self, ruri: str, destination: Destination, offer: bytes) -> Branch:
         from_uri, to_uri = self._identity(destination)
-        return self._invite_branch(self.b, ruri, destination, offer, from_uri, to_uri)
+        branch = self._invite_branch(self.b, ruri, destination, offer, from_uri, to_uri)
+        if isinstance(self.route, TrunkRoute):
+            self._toward_trunk(branch.request, self.route, destination)
+        return branch
+
+    def _toward_trunk(self, request: Request, route: TrunkRoute, destination: Destination) -> None:
+        """What a carrier is given (RFC 3325, RFC 3323): numbers written its way, the
+        caller in From and P-Asserted-Identity (anonymous From with ``Privacy: id`` when
+        the caller asked for privacy), and the trunk's own extra headers."""
+        trunk = route.trunk
+        if not route.emergency:  # short codes go as dialled
+            number = to_trunk_number(route.number, trunk.number_format, self._plan)
+            written = trunk.add_prefix + number
+            request.uri = request.uri.replace(f"sip:{route.number}@", f"sip:{written}@", 1)
+            to = request.headers.get("To") or ""
+            request.headers.set("To", to.replace(f"sip:{route.number}@", f"sip:{written}@", 1))
+        caller = self._caller_user(toward_trunk=True)
+        host, port = self.host.endpoint.local_address(destination.transport, destination.address[0])
+        e164 = caller if _E164.fullmatch(caller) else None
+        shown = to_trunk_number(caller, trunk.number_format, self._plan) if e164 else caller
+        try:
+            identity = make_identity(shown, host, port=port, tel=e164)
+            presentation = present_caller(
+                identity,
+                from_tag=self.b.local_tag,
+                privacy=self._caller_privacy(),
+                trusted=True,
+                send_pai=trunk.send_pai,
+            )
+        except IdentityError as exc:  # a name that cannot be a URI user: From as built
+            log.info("caller identity not presentable", call=self.id, reason=str(exc))
+        else:
+            presentation.apply(request.headers)
+        for header in trunk.add_headers:
+            name, _, value = header.partition(":")
+            request.headers.add(name.strip(), value.strip())
+
+    def _caller_privacy(self) -> Privacy:
+        """What the caller asked to hide (RFC 3323); unreadable asks hide the identity."""
+        try:
+            return message_privacy(self.invite)
+        except PrivacyError:
+            return parse_privacy(["id"])
 
     def _invite_branch(
         self,

@@ -43,6 +43,7 @@ from gateway.calls.origination import ClickToCallState, StateListener
 from gateway.calls.router import AppRoute, TrunkRoute
 from gateway.config import TrunkConfig
 from gateway.sip.dialog import Dialog, DialogError
+from gateway.sip.identity import Privacy
 from gateway.sip.message import Response, new_call_id, new_tag
 from gateway.transport.endpoint import ClientEvent, TransactionTimeout
 from gateway.transport.flow import Destination, hostport
@@ -156,6 +157,12 @@ class ClickToCall(Call):
         if isinstance(route, TrunkRoute):
             return caller, f"sip:{route.number}@{hostport(destination.address)}"
         return caller, f"sip:{route.subscriber.username}@{local}"
+
+    def _caller_user(self, *, toward_trunk: bool) -> str:
+        return self.presented["b"]
+
+    def _caller_privacy(self) -> Privacy:
+        return Privacy()
 
     def on_stray_2xx(self, response: Response) -> None:
         leg = self.a if response.call_id == self.a.call_id else self.b
