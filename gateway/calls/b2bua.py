@@ -83,6 +83,13 @@ from gateway.sip.message import (
     new_tag,
 )
 from gateway.sip.reason import ReasonError, cause_text, message_reasons, sip_to_q850
+from gateway.sip.reliable import (
+    ProvisionalKind,
+    ReliableError,
+    ReliableReceiver,
+    build_prack,
+    rel100_request_headers,
+)
 from gateway.sip.sdp import (
     Origin,
     SdpError,
@@ -164,6 +171,9 @@ class Branch:
     final: int | None = None
     cancel_wanted: bool = False
     cancelled: bool = False
+    # Reliable provisionals (RFC 3262): their order, and the early dialog of each To tag.
+    reliable: ReliableReceiver | None = None
+    early: dict[str, Dialog] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -257,6 +267,15 @@ class CarrierCaller:
 Caller = Subscriber | CarrierCaller
 
 
+@dataclass(frozen=True, slots=True)
+class MaskedCall:
+    """A call to a partner's masked number: the partner pays, both sides see ``number``."""
+
+    partner: str
+    number: str
+    bill_users: tuple[Payer, ...] = ()  # who pays when the partner's budget is spent
+
+
 def attempts_of(route: Route) -> list[Route]:
     """The routes a call tries in turn: the app (then its fallback number's trunks), or
     each trunk of a number in least-cost order. Each trunk attempt has one trunk."""
@@ -297,6 +316,8 @@ def moves_on(route: Route, status: int, q850: int | None = None) -> bool:
 
 
 class Call:
+    masked: MaskedCall | None = None  # set for a call to a partner's masked number
+
     def __init__(
         self,
         host: CallHost,
@@ -305,22 +326,29 @@ class Call:
         route: AppRoute | TrunkRoute,
         media_host: str,
         caller_dialog: Dialog,
+        *,
+        masked: MaskedCall | None = None,
     ) -> None:
         """`caller_dialog`: the early UAS dialog of the INVITE, its local Contact still empty."""
         self._caller_dialog = caller_dialog
+        self.masked = masked
         self.server = server
         self.invite = server.request
         self.caller = caller
         if isinstance(caller, CarrierCaller):
             self.account = f"trunk:{caller.trunk.name}"  # whose limits the call counts against
-            self.payers = [Payer("subscriber", caller.owner)]  # only a forward costs money
+            # Only a forward to the owner's mobile costs money, and the owner pays it.
+            self.payers = [Payer("subscriber", caller.owner)] if caller.owner else []
             caller_name = caller.number
         else:
             self.account = caller.username
             self.payers = [Payer("subscriber", caller.username)]
             caller_name = caller.username
+        if masked is not None:
+            self.payers = [Payer("partner", masked.partner), *masked.bill_users]
         record = CallRecord(
             id=secrets.token_hex(8),
+            partner=masked.partner if masked is not None else None,
             caller=caller_name,
             callee="",
             route="",
@@ -664,7 +692,7 @@ class Call:
 
     def _label(self, route: Route) -> None:
         record = self.record
-        record.route = _route_label(route)
+        record.route = "masked" if self.masked is not None else _route_label(route)
         if isinstance(route, TrunkRoute):
             record.callee = route.number
             record.trunk = route.trunk.name
@@ -791,8 +819,11 @@ class Call:
         return f"sip:{caller}@{local}", f"sip:{callee}@{local}"
 
     def _caller_user(self, *, toward_trunk: bool) -> str:
-        """Who the callee is told is calling: a carrier's caller as given; an app user
-        by name toward apps and by its first number toward carriers."""
+        """Who the callee is told is calling: the masked number of a masked call; a
+        carrier's caller as given; an app user by name toward apps and by its first
+        number toward carriers."""
+        if self.masked is not None:
+            return self.masked.number
         caller = self.caller
         if isinstance(caller, CarrierCaller):
             return caller.number
@@ -838,6 +869,9 @@ class Call:
         for header in trunk.add_headers:
             name, _, value = header.partition(":")
             request.headers.add(name.strip(), value.strip())
+        for name, value in rel100_request_headers(trunk.rel100):
+            present = request.headers.get(name)  # one Supported line: "timer, 100rel"
+            request.headers.set(name, f"{present}, {value}" if present else value)
 
     def _caller_privacy(self) -> Privacy:
         """What the caller asked to hide (RFC 3323); unreadable asks hide the identity."""
@@ -919,7 +953,37 @@ class Call:
         except trio.WouldBlock:
             self._nursery_spawn(self._events_send.send, (None, None))  # wait for room
 
+    def _reliable(self, branch: Branch, response: Response) -> bool:
+        """RFC 3262 on the callee side: PRACK each new reliable provisional; False for
+        one already seen, out of order or unusable (it is not relayed again)."""
+        if branch.reliable is None:
+            branch.reliable = ReliableReceiver(branch.request)
+        try:
+            seen = branch.reliable.receive(response)
+        except ReliableError as exc:
+            log.info("provisional dropped", call=self.id, reason=str(exc))
+            return False
+        if seen.kind is ProvisionalKind.UNRELIABLE:
+            return True
+        if seen.kind is not ProvisionalKind.NEW or seen.rack is None or seen.to_tag is None:
+            return False
+        dialog = branch.early.get(seen.to_tag)
+        if dialog is None:
+            try:
+                dialog = Dialog.as_uac(branch.request, response)
+            except DialogError as exc:
+                log.info("reliable provisional unusable", call=self.id, reason=str(exc))
+                return False
+            branch.early[seen.to_tag] = dialog
+        prack = build_prack(dialog, seen.rack)
+        self._finish_headers(prack)
+        handle = self.host.endpoint.send_request(prack, branch.destination)
+        self._nursery_spawn(self._final_of, handle)  # its 200 needs nothing from us
+        return True
+
     def _on_provisional(self, branch: Branch, response: Response) -> None:
+        if not self._reliable(branch, response):
+            return
         branch.provisional = True
         if branch.cancel_wanted and not branch.cancelled:
             self._send_cancel(branch)
@@ -1018,6 +1082,10 @@ class Call:
             branch.final = response.status
             self._refuse(502, "Unusable Answer From Callee", "callee-bad-answer")
             return None
+        early = branch.early.get(response.to.tag or "")
+        if early is not None and early.local_seq is not None:
+            # Our PRACKs used CSeq numbers in this dialog already (RFC 3261 12.2.1.1).
+            dialog.local_seq = max(dialog.local_seq or 0, early.local_seq)
         self.winner = branch
         self.b.destination = branch.destination
         self.b.dialog = dialog

@@ -178,6 +178,8 @@ class ClickToCall(Call):
 
     def _on_provisional(self, branch: Branch, response: Response) -> None:
         # B rings; A hears the relay's silence (no ringback is generated here).
+        if not self._reliable(branch, response):
+            return
         branch.provisional = True
         if branch.cancel_wanted and not branch.cancelled:
             self._send_cancel(branch)
@@ -303,7 +305,7 @@ class ClickToCall(Call):
             branch.final = 408
             return None
         if event.status < 200:
-            branch.provisional = True
+            branch.provisional = self._reliable(branch, event) or branch.provisional
             return None
         if event.status >= 300:
             branch.final = event.status

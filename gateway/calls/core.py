@@ -18,7 +18,7 @@ import structlog
 import trio
 
 from gateway.calls.admission import Admission, LimitRefusal
-from gateway.calls.b2bua import ALLOW, Call, CarrierCaller
+from gateway.calls.b2bua import ALLOW, Call, CarrierCaller, MaskedCall
 from gateway.calls.billing import CreditControl, Denied, Grant, Payer, Tariffs
 from gateway.calls.click_to_call import ClickToCall
 from gateway.calls.limits import RateLimiter
@@ -119,6 +119,8 @@ class CallCore:
         # Prepaid credit (loaded from the store by the service) and the retail tariffs.
         self.credit: CreditControl | None = None
         self.tariffs = Tariffs.from_config(config)
+        # Every partner's masked number, and whose pool it is in.
+        self.masked_pools = {n: p.name for p in config.partners for n in p.masked_pool}
         self._trunk_networks = [
             (trunk, [ipaddress.ip_network(n, strict=False) for n in trunk.networks])
             for trunk in config.trunks
@@ -312,6 +314,10 @@ class CallCore:
         caller = self.subscribers[username]
         target = request.parsed_uri
         assert isinstance(target, SipUri | TelUri)
+        masked = self._masked_number(target)
+        if masked is not None:
+            self._start_masked(request, server, dialog, caller, masked)
+            return
         route = self.router.route(target, self.subscribers, self.numbers, self.registrar.bindings)
         # Emergency calls go through whatever the limits say (issue 4: never blocked).
         trunk_route = route if isinstance(route, TrunkRoute) else None
@@ -338,6 +344,114 @@ class CallCore:
         assert self._nursery is not None
         self._nursery.start_soon(call.run)
 
+    # ---- masked numbers: a party of a binding dials its number ---------------------------
+
+    def _masked_number(self, target: SipUri | TelUri) -> str | None:
+        """The pool number dialled, when the target is one of a partner's masked numbers."""
+        user = dialled(target)
+        if not user:
+            return None
+        try:
+            number = classify(user, self.router.plan).number
+        except NumberError:
+            return None
+        return number if number in self.masked_pools else None
+
+    def _start_masked(
+        self,
+        request: Request,
+        server: ServerHandle,
+        dialog: Dialog,
+        caller: Subscriber | CarrierCaller,
+        number: str,
+    ) -> None:
+        # The binding is in the store: look it up off the request path, in a task.
+        assert self._nursery is not None
+        self._nursery.start_soon(self._masked_task, request, server, dialog, caller, number)
+
+    async def _masked_task(
+        self,
+        request: Request,
+        server: ServerHandle,
+        dialog: Dialog,
+        caller: Subscriber | CarrierCaller,
+        number: str,
+    ) -> None:
+        try:
+            await self._masked_call(request, server, dialog, caller, number)
+        except Exception:
+            # A fault (or a store error) fails this INVITE only, never the gateway.
+            log.exception("masked call failed", number=number)
+            if not server.final_sent:
+                server.reply(500, "Server Internal Error")
+
+    async def _masked_call(
+        self,
+        request: Request,
+        server: ServerHandle,
+        dialog: Dialog,
+        caller: Subscriber | CarrierCaller,
+        number: str,
+    ) -> None:
+        """A dialling X reaches B showing X, and B reaches A; anyone else, or a number
+        not bound now, gets 480 (the pool says nothing about who holds it)."""
+        binding = await self.store.masked_binding(number, time.time())
+        ids = (
+            {caller.number}
+            if isinstance(caller, CarrierCaller)
+            else {caller.username, *caller.numbers}
+        )
+        other = None
+        if binding is not None:
+            other = binding.b if binding.a in ids else binding.a if binding.b in ids else None
+        if binding is None or other is None or server.final_sent:
+            self.stats.refusals["masked-unbound"] += 1
+            if not server.final_sent:
+                server.refuse(480, "Temporarily Unavailable")
+            return
+        route = self.router.route_party(
+            other, self.subscribers, self.numbers, self.registrar.bindings
+        )
+        account = (
+            caller.username if isinstance(caller, Subscriber) else f"trunk:{caller.trunk.name}"
+        )
+        limited = self.admission.admit(
+            account,
+            route.number if isinstance(route, TrunkRoute) else None,
+            emergency=False,
+            active_calls=len(self.calls),
+            now=time.monotonic(),
+        )
+        if limited is not None:
+            self._refuse_by_limit(server, limited)
+            return
+        if isinstance(route, Refusal):
+            self.stats.refusals["route"] += 1
+            server.refuse(route.status, route.reason)
+            return
+        media_host = self.config.media.advertised_host or self.config.media.host
+        call = Call(
+            self,
+            server,
+            caller,
+            route,
+            media_host,
+            dialog,
+            masked=MaskedCall(binding.partner, number, self._bill_user(binding.partner, caller)),
+        )
+        self.calls[call.id] = call
+        self.admission.call_started(call.account)
+        self.stats.calls_started += 1
+        assert self._nursery is not None
+        self._nursery.start_soon(call.run)
+
+    def _bill_user(self, partner: str, caller: Subscriber | CarrierCaller) -> tuple[Payer, ...]:
+        """The calling user pays once the partner's budget is spent, when its policy says so."""
+        policy = next((p for p in self.config.partners if p.name == partner), None)
+        if policy is None or not policy.bill_user or not isinstance(caller, Subscriber):
+            return ()
+        return (Payer("subscriber", caller.username),)
+
     def _trunk_of(self, flow: Flow) -> TrunkConfig | None:
         """The trunk a request came from: its source in the trunk's ``networks``, or,
         without networks, exactly the trunk's host and port."""
@@ -363,6 +477,11 @@ class CallCore:
             return
         target = request.parsed_uri
         assert isinstance(target, SipUri | TelUri)
+        masked = self._masked_number(target)
+        if masked is not None:
+            caller = CarrierCaller(trunk, self._calling_number(request), "")
+            self._start_masked(request, server, dialog, caller, masked)
+            return
         route = self.router.route_inbound(
             dialled(target) or "", self.numbers, self.registrar.bindings
         )
@@ -426,7 +545,7 @@ class CallCore:
         return None
 
     def open_credit(self, call: Call, route: TrunkRoute) -> Grant | Denied | None:
-        if route.emergency or self.credit is None:
+        if route.emergency or self.credit is None or not call.payers:
             return None  # emergency calls are free and never refused for money
         tariff = self.tariffs.for_call(call.record.route, route.number, route.trunk.name)
         if tariff is None:

@@ -589,3 +589,22 @@ def test_media_timeout_hangs_up_both_legs(lab: Lab) -> None:
         assert "Media Timeout" in (bye.header("Reason") or ""), bye.text
     cdr = lab.wait_cdr()
     assert (cdr["disposition"], cdr["end_reason"]) == ("answered", "media-timeout"), cdr
+
+
+def test_a_trunk_sending_reliable_provisionals_gets_its_prack(lab: Lab) -> None:
+    # The carrier's 180 carries Require: 100rel; it checks the RAck of our PRACK before
+    # it answers (RFC 3262), and fails the call (481, then 500) when it is wrong.
+    lab.start_gateway()
+    carrier = lab.carrier("uas_100rel", rtp_echo=True)
+    uac = lab.caller("uac_call", CARRIER_NUMBER, duration_ms=500)
+    called = uac.start().wait()
+    assert called.ok, called.describe()
+    behind_trunk = carrier.wait(timeout=5)
+    assert behind_trunk.ok, behind_trunk.describe()
+    (invite,) = behind_trunk.received("INVITE")
+    assert "100rel" in (invite.header("Supported") or ""), invite.text
+    (prack,) = behind_trunk.received("PRACK")
+    assert prack.header("RAck") == f"2147480000 {invite.header('CSeq')}", prack.text
+    assert [t.status for t in called.received("SIP/2.0") if t.method == "INVITE"][-1] == 200
+    cdr = lab.wait_cdr()
+    assert (cdr["disposition"], cdr["end_reason"]) == ("answered", "caller-bye"), cdr
