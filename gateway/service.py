@@ -152,6 +152,8 @@ class Gateway:
         await self.prepare()
         try:
             async with trio.open_nursery() as nursery:
+                # Signals first: a SIGTERM once SIP answers must always end calls politely.
+                await nursery.start(self._signals, nursery.cancel_scope)
                 await nursery.start(self.endpoint.run)
                 nursery.start_soon(self._run_core)
                 await nursery.start(self.control.serve)
@@ -159,7 +161,6 @@ class Gateway:
                 nursery.start_soon(self._checkpoints)
                 nursery.start_soon(self.trunk_monitor.run)
                 nursery.start_soon(self.trunk_registrations.run)
-                nursery.start_soon(self._signals, nursery.cancel_scope)
                 log.info(
                     "edgegw ready",
                     version=__version__,
@@ -176,8 +177,14 @@ class Gateway:
         with self._core_scope:
             await self.core.run()
 
-    async def _signals(self, scope: trio.CancelScope) -> None:
+    async def _signals(
+        self,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
             async for signum in signals:
                 log.info("stopping", signal=signal.Signals(signum).name, calls=len(self.core.calls))
                 break
