@@ -128,6 +128,7 @@ class Gateway:
         self.metrics = gateway_registry(self.core)
         # Trunks: DNS (RFC 3263) targets, OPTIONS health, outbound registrations.
         self.dns = Resolver(config.dns, families=families_of(e.host for e in listen))
+        self.core.resolver = self.dns
         self.trunk_monitor = TrunkMonitor(config.trunks, self.endpoint, self.dns)
         self.core.trunk_monitor = self.trunk_monitor  # routing skips trunks that are down
         self.trunk_registrations = TrunkRegistrations(config.trunks, self.endpoint, self.dns)

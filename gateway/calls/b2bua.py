@@ -137,6 +137,10 @@ class CallHost(Protocol):
         ...
 
     def release_trunk(self, trunk: TrunkConfig) -> None: ...
+    async def trunk_targets(self, trunk: TrunkConfig) -> list[Destination]:
+        """Where to send to the trunk, in the order to try (RFC 3263); [] when none."""
+        ...
+
     def open_credit(self, call: Call, route: TrunkRoute) -> Grant | Denied | None:
         """Prepaid credit for the call leaving on ``route``; None: the call is free."""
         ...
@@ -659,7 +663,7 @@ class Call:
                 if self._denied is not None:
                     status, reason = 403, _DENIALS.get(self._denied.reason, "Payment Required")
                 continue
-            outcome = await self._attempt(offer, nursery, deadline, last=last)
+            outcome = await self._attempt_route(route, offer, nursery, deadline, last=last)
             if outcome is not None:
                 return outcome
             status, reason = map_status(self.record.sip_status or 480)
@@ -722,12 +726,38 @@ class Call:
             self.host.release_trunk(self._seized)
             self._seized = None
 
-    async def _attempt(
-        self, offer: bytes, nursery: trio.Nursery, deadline: float, *, last: bool
+    async def _attempt_route(
+        self, route: Route, offer: bytes, nursery: trio.Nursery, deadline: float, *, last: bool
     ) -> bool | None:
-        """One route's forks: True answered, False the call is over, None try the next."""
+        """A route: the app's devices at once, or each of the trunk's DNS targets in turn
+        (RFC 3263 4.3: the next one after a 503, a 408 or no response)."""
+        if isinstance(route, AppRoute):
+            return await self._attempt(offer, nursery, deadline, targets(route), last=last)
+        destinations = await self.host.trunk_targets(route.trunk)
+        if not destinations:
+            log.info("trunk has no address", call=self.id, trunk=route.trunk.name)
+            self.record.sip_status = 503
+            return None
+        for index, destination in enumerate(destinations):
+            final = last and index == len(destinations) - 1
+            forks = [(route.request_uri, destination)]
+            outcome = await self._attempt(offer, nursery, deadline, forks, last=final)
+            if outcome is not None:
+                return outcome
+        return None
+
+    async def _attempt(
+        self,
+        offer: bytes,
+        nursery: trio.Nursery,
+        deadline: float,
+        forks: list[tuple[str, Destination]],
+        *,
+        last: bool,
+    ) -> bool | None:
+        """One set of forks: True answered, False the call is over, None try the next."""
         self._cseq += 1
-        self._make_branches(offer)
+        self._make_branches(offer, forks)
         for fork in self.branches:
             self._start_branch(fork, nursery)
         give_way = math.inf if last else self._give_way_at(trio.current_time())
@@ -737,6 +767,8 @@ class Call:
                 outcome = self._on_setup_event(branch, event, last=last)
                 if outcome is not None or branch is None:
                     return outcome
+                if all(fork.final is not None for fork in self.branches):
+                    return None  # every fork failed in a way that lets the next route go
                 if isinstance(self.route, TrunkRoute) and branch.provisional:
                     give_way = math.inf  # the trunk took the call; it rings now
                 continue
@@ -798,11 +830,9 @@ class Call:
         elif record.q850_cause is None and reasons:
             record.reason_text = reasons[0].text
 
-    def _make_branches(self, offer: bytes) -> None:
+    def _make_branches(self, offer: bytes, forks: list[tuple[str, Destination]]) -> None:
         self._old_branches.extend(self.branches)
-        self.branches = [
-            self._branch(ruri, destination, offer) for ruri, destination in targets(self.route)
-        ]
+        self.branches = [self._branch(ruri, destination, offer) for ruri, destination in forks]
 
     def _identity(self, destination: Destination) -> tuple[str, str]:
         """From and To URIs of the callee leg, in the gateway's name only."""

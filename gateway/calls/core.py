@@ -35,8 +35,9 @@ from gateway.sip.message import Request, Response, make_response
 from gateway.sip.uri import SipUri, TelUri, UriError
 from gateway.store.base import Store
 from gateway.store.model import Subscriber
+from gateway.transport.dns import DnsError, Resolver
 from gateway.transport.endpoint import ServerHandle, SipEndpoint
-from gateway.transport.flow import Flow
+from gateway.transport.flow import Destination, Flow
 
 log = structlog.get_logger("edgegw.core")
 
@@ -116,6 +117,8 @@ class CallCore:
         self.channels: dict[str, int] = {}
         # Trunk health (OPTIONS pings): set by the service when trunks are pinged.
         self.trunk_monitor: TrunkHealthView | None = None
+        # DNS for trunks named by host name (RFC 3263): set by the service.
+        self.resolver: Resolver | None = None
         # Prepaid credit (loaded from the store by the service) and the retail tariffs.
         self.credit: CreditControl | None = None
         self.tariffs = Tariffs.from_config(config)
@@ -559,6 +562,17 @@ class CallCore:
         if self.credit is None:
             return None
         return self.credit.extend(call.id, time.time())
+
+    async def trunk_targets(self, trunk: TrunkConfig) -> list[Destination]:
+        static = [Destination(trunk.transport, (trunk.host, trunk.port))]
+        if self.resolver is None:
+            return static
+        try:
+            found = await self.resolver.targets_for(trunk)
+        except DnsError as exc:
+            log.warning("trunk not resolved", trunk=trunk.name, reason=str(exc))
+            return []
+        return [Destination(t.transport, (t.host, t.port)) for t in found]
 
     def release_trunk(self, trunk: TrunkConfig) -> None:
         left = self.channels.get(trunk.name, 0) - 1

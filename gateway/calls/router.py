@@ -58,7 +58,10 @@ class TrunkRoute:
 
     @property
     def request_uri(self) -> str:
-        return f"sip:{self.number}@{self.trunk.host}:{self.trunk.port}"
+        trunk = self.trunk
+        if trunk.resolve == "rfc3263":  # the domain; DNS says where it is (RFC 3263 4)
+            return f"sip:{self.number}@{trunk.host}"
+        return f"sip:{self.number}@{trunk.host}:{trunk.port}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,7 +180,10 @@ async def test_longest_prefix_first_then_the_cheapest_and_busy_ends_it(
 ) -> None:
     invite = await place(caller, "13800138000")
     first = await reject(specific, gw, 503)
+    refused_at = trio.current_time()
     second = await reject(cheap, gw, 486)
+    # At once, not after routing.trunk_response_timeout: the 503 was the trunk's answer.
+    assert trio.current_time() - refused_at < TRUNK_RESPONSE_TIMEOUT / 2
     await refused(caller, invite, 486)
     # One callee-side dialog identity, a higher CSeq: no carrier sees a merged request.
     assert first.call_id == second.call_id
