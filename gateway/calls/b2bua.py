@@ -87,8 +87,11 @@ from gateway.sip.reliable import (
     ProvisionalKind,
     ReliableError,
     ReliableReceiver,
+    ReliableSender,
+    Retransmit,
     build_prack,
     rel100_request_headers,
+    requires_100rel,
 )
 from gateway.sip.sdp import (
     Origin,
@@ -321,6 +324,7 @@ def moves_on(route: Route, status: int, q850: int | None = None) -> bool:
 
 class Call:
     masked: MaskedCall | None = None  # set for a call to a partner's masked number
+    _prov: ReliableSender | None = None
 
     def __init__(
         self,
@@ -336,6 +340,13 @@ class Call:
         """`caller_dialog`: the early UAS dialog of the INVITE, its local Contact still empty."""
         self._caller_dialog = caller_dialog
         self.masked = masked
+        # RFC 3262 toward the caller: when its INVITE requires 100rel, every provisional
+        # we relay is reliable, one at a time, each retransmitted until its PRACK.
+        self._prov: ReliableSender | None = None
+        if requires_100rel(server.request):
+            self._prov = ReliableSender(server.request, t1=host.config.sip.t1)
+        self._queued: Response | None = None  # the latest provisional waiting its turn
+        self._deferred_ok: Response | None = None  # a 2xx waiting for a PRACK
         self.server = server
         self.invite = server.request
         self.caller = caller
@@ -545,6 +556,8 @@ class Call:
 
     def _refuse(self, status: int, reason: str | None, end_reason: str) -> None:
         if not self.server.final_sent:
+            if self._prov is not None:
+                self._prov.final_sent()
             self.server.reply(status, reason, to_tag=self.a.local_tag)
         self.end(end_reason, status)
 
@@ -1032,7 +1045,52 @@ class Call:
                 self.record.state = CallState.EARLY_MEDIA
         if self.record.state is CallState.SETUP:
             self.record.state = CallState.RINGING
-        self.server.respond(relayed)
+        self._provisional_to_caller(relayed)
+
+    def _provisional_to_caller(self, response: Response) -> None:
+        rel = self._prov
+        if rel is None:
+            self.server.respond(response)
+            return
+        if rel.pending:  # one reliable provisional at a time (RFC 3262 3): the latest waits
+            self._queued = response
+            return
+        self.server.respond(rel.send(response, trio.current_time()))
+        self._nursery_spawn(self._retransmit_provisional, rel)
+
+    async def _retransmit_provisional(self, rel: ReliableSender) -> None:
+        """T1 doubling until the PRACK; after 64*T1 the caller gets 504 (RFC 3262 3)."""
+        while (deadline := rel.deadline) is not None:
+            await trio.sleep_until(deadline)
+            for event in rel.on_timer(trio.current_time()):
+                if isinstance(event, Retransmit):
+                    self.host.endpoint.resend_response(self.server, event.response)
+                elif not self.server.final_sent:
+                    log.info("no PRACK from the caller", call=self.id)
+                    self._refuse(504, "No PRACK For Reliable Provisional", "no-prack")
+                    self._on_caller_cancel()  # wakes the set-up: every fork is cancelled
+
+    def _on_prack(self, request: Request, server: ServerHandle) -> None:
+        """The caller's PRACK: 200 when it matches our outstanding provisional, else 481;
+        then the provisional (or 2xx) that waited for it goes out."""
+        rel = self._prov
+        if rel is None:
+            server.reply(481, "No Reliable Provisional Outstanding")
+            return
+        try:
+            outcome = rel.receive_prack(request)
+        except ReliableError as exc:
+            server.reply(exc.status or 400, str(exc))
+            return
+        server.reply(outcome.status)
+        if outcome.status != 200:
+            return
+        if self._deferred_ok is not None:
+            ok, self._deferred_ok = self._deferred_ok, None
+            self._send_ok(ok)
+        elif self._queued is not None and not self.server.final_sent:
+            queued, self._queued = self._queued, None
+            self._provisional_to_caller(queued)
 
     def _a_contact(self, response: Response) -> None:
         flow = self.server.flow
@@ -1096,11 +1154,21 @@ class Call:
         contact = ok.headers.get("Contact") or ""
         self._caller_dialog.local_contact = contact.strip("<>")
         self.a.dialog = self._caller_dialog
-        self.server.respond(ok)
         self.a.dialog.confirm()
         self._mark_answered(response, now)
-        self._retransmit_until_ack(self.a, ok)
+        if self._prov is not None and self._prov.pending:
+            # RFC 3262 3 makes this wait only after an SDP provisional; waiting always keeps
+            # the PRACK's 200 ahead of the INVITE's, which strict carriers expect.
+            self._deferred_ok = ok
+        else:
+            self._send_ok(ok)
         return True
+
+    def _send_ok(self, ok: Response) -> None:
+        if self._prov is not None:
+            self._prov.final_sent()
+        self.server.respond(ok)
+        self._retransmit_until_ack(self.a, ok)
 
     def _take_callee_answer(self, branch: Branch, response: Response) -> bytes | None:
         """The callee's 2xx: its dialog, ACK, the other forks cancelled; the answer for
@@ -1327,6 +1395,9 @@ class Call:
             self._in_dialog(leg, request, server)
 
     def _early_request(self, leg: Leg, request: Request, server: ServerHandle) -> None:
+        if request.method == "PRACK" and leg is self.a:
+            self._on_prack(request, server)
+            return
         if request.method == "BYE" and leg is self.b and self.winner is None:
             server.reply(200, to_tag=leg.local_tag)
             return
@@ -1343,6 +1414,8 @@ class Call:
             ok = make_response(request, 200)
             ok.headers.set("Allow", ALLOW)
             server.respond(ok)
+        elif method == "PRACK" and leg is self.a:
+            self._on_prack(request, server)  # a late PRACK still gets its 200
         elif method in ("INVITE", "UPDATE", "INFO", "MESSAGE", "NOTIFY"):
             self._nursery_spawn(self._carry_across, leg, request, server)
         else:

@@ -32,6 +32,7 @@ from gateway.media.relay import PortAllocator
 from gateway.sip.auth import AuthOutcome, DigestServer
 from gateway.sip.dialog import Dialog, DialogError
 from gateway.sip.message import Request, Response, make_response
+from gateway.sip.reliable import bad_extension, unsupported_tags
 from gateway.sip.uri import SipUri, TelUri, UriError
 from gateway.store.base import Store
 from gateway.store.model import Subscriber
@@ -63,6 +64,9 @@ KNOWN_METHODS = frozenset(
 # Allowed, but only inside a dialog (RFC 3261 15.1.2, RFC 3311 5.2, RFC 3262 3, RFC 6086 4.2):
 # out of one they match nothing, which is 481 rather than 405 with themselves in Allow.
 DIALOG_ONLY_METHODS = frozenset({"BYE", "UPDATE", "INFO", "PRACK"})
+
+# Option tags an INVITE may Require of us (RFC 3262 100rel, RFC 4028 timer).
+SUPPORTED_EXTENSIONS = frozenset({"100rel", "timer"})
 
 
 class TrunkHealthView(Protocol):
@@ -227,7 +231,7 @@ class CallCore:
         response = make_response(request, 200)
         response.headers.set("Allow", ALLOW)
         response.headers.set("Accept", "application/sdp")
-        response.headers.set("Supported", "timer, outbound, path")
+        response.headers.set("Supported", "timer, 100rel, outbound, path")
         server.respond(response)
 
     def _authenticate(self, request: Request, server: ServerHandle, *, proxy: bool) -> str | None:
@@ -299,6 +303,10 @@ class CallCore:
         if self.draining:
             self.stats.refusals["draining"] += 1
             server.refuse(503, "Draining")
+            return
+        unsupported = unsupported_tags(request, SUPPORTED_EXTENSIONS)
+        if unsupported:  # RFC 3261 8.2.2.3: what it requires, we cannot do
+            server.reject(bad_extension(request, unsupported, to_tag=server.local_tag))
             return
         trunk = self._trunk_of(flow)
         if trunk is not None:  # carriers do not authenticate: their address is their name

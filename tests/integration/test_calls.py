@@ -608,3 +608,30 @@ def test_a_trunk_sending_reliable_provisionals_gets_its_prack(lab: Lab) -> None:
     assert [t.status for t in called.received("SIP/2.0") if t.method == "INVITE"][-1] == 200
     cdr = lab.wait_cdr()
     assert (cdr["disposition"], cdr["end_reason"]) == ("answered", "caller-bye"), cdr
+
+
+def test_a_carrier_requiring_100rel_gets_its_provisionals_reliably(lab: Lab) -> None:
+    # The carrier calls 1002's number with Require: 100rel: the app's 180 reaches it with
+    # Require: 100rel and an RSeq, and goes on being resent until the carrier's PRACK.
+    lab.start_gateway()
+    callee = lab.callee("uas_answer", rtp_echo=True)
+    carrier = lab.sipp(
+        "uac_100rel",
+        "carrier-caller",
+        remote=lab.remote,
+        local_port=lab.trunk_port,
+        service=NUMBERS["1002"],
+        keys={"caller": "+8613700137000"},
+        duration_ms=300,
+    )
+    called = carrier.start().wait()
+    assert called.ok, called.describe()
+    assert callee.wait(timeout=5).ok
+    reliable = [t for t in called.received("SIP/2.0 18")]
+    assert reliable and all(t.header("RSeq") for t in reliable), called.describe()
+    assert "100rel" in (reliable[0].header("Require") or "")
+    (prack_ok,) = [t for t in called.received("SIP/2.0 200") if t.method == "PRACK"]
+    assert prack_ok.status == 200
+    cdr = lab.wait_cdr()
+    assert (cdr["route"], cdr["caller"]) == ("app", "+8613700137000")
+    assert cdr["disposition"] == "answered"

@@ -126,3 +126,12 @@ async def test_the_same_invite_from_an_unknown_peer_is_challenged(
     response = await stranger.transact(invite)
     assert response.status == 407  # only an app user with credentials may call from there
     stranger.close()
+
+
+async def test_an_extension_we_do_not_have_gets_420(gw: GatewayUnderTest, trunk: UdpPeer) -> None:
+    invite = carrier_invite(trunk, gw, NUMBERS["1002"])
+    invite.headers.add("Require", "100rel, precondition")
+    await trunk.send(invite, gw.udp4)
+    response = await trunk.expect_response(invite)
+    assert (response.status, response.headers.get("Unsupported")) == (420, "precondition")
+    await trunk.send(ack_for_failure(invite, response), gw.udp4)
