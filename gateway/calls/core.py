@@ -31,6 +31,7 @@ from gateway.config import Config, TrunkConfig
 from gateway.media.relay import PortAllocator
 from gateway.sip.auth import AuthOutcome, DigestServer
 from gateway.sip.dialog import Dialog, DialogError
+from gateway.sip.identity import IdentityError, asserted_identity, from_trunk_number
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.reliable import bad_extension, unsupported_tags
 from gateway.sip.uri import SipUri, TelUri, UriError
@@ -488,14 +489,12 @@ class CallCore:
             return
         target = request.parsed_uri
         assert isinstance(target, SipUri | TelUri)
-        masked = self._masked_number(target)
-        if masked is not None:
-            caller = CarrierCaller(trunk, self._calling_number(request), "")
-            self._start_masked(request, server, dialog, caller, masked)
+        called = self._carrier_number(dialled(target), trunk) or ""
+        if called in self.masked_pools:
+            caller = CarrierCaller(trunk, self._calling_number(request, trunk), "")
+            self._start_masked(request, server, dialog, caller, called)
             return
-        route = self.router.route_inbound(
-            dialled(target) or "", self.numbers, self.registrar.bindings
-        )
+        route = self.router.route_inbound(called, self.numbers, self.registrar.bindings)
         if isinstance(route, Refusal):
             self.stats.calls_refused += 1
             self.stats.refusals["route"] += 1
@@ -509,7 +508,7 @@ class CallCore:
             self._refuse_by_limit(server, limited)
             return
         owner = route.subscriber.username if isinstance(route, AppRoute) else route.fallback_for
-        caller = CarrierCaller(trunk, self._calling_number(request), owner or "")
+        caller = CarrierCaller(trunk, self._calling_number(request, trunk), owner or "")
         media_host = self.config.media.advertised_host or self.config.media.host
         call = Call(self, server, caller, route, media_host, dialog)
         self.calls[call.id] = call
@@ -518,16 +517,27 @@ class CallCore:
         assert self._nursery is not None
         self._nursery.start_soon(call.run)
 
-    def _calling_number(self, request: Request) -> str:
-        """The caller a carrier names in From, in E.164 when it reads as a number."""
+    def _calling_number(self, request: Request, trunk: TrunkConfig) -> str:
+        """The caller a carrier names: its P-Asserted-Identity (a trunk is trusted, RFC 3325
+        9), else From; E.164 when it reads as a number in the trunk's format."""
+        try:
+            asserted = asserted_identity(request)
+        except IdentityError:
+            asserted = None
+        if asserted is not None and asserted.number is not None:
+            return asserted.number
         uri = request.from_.uri
         user = dialled(uri) if isinstance(uri, SipUri | TelUri) else None
+        return self._carrier_number(user, trunk) or user or "anonymous"
+
+    def _carrier_number(self, user: str | None, trunk: TrunkConfig) -> str | None:
+        """A number as the trunk writes it (its number_format), as E.164; None if not one."""
         if not user:
-            return "anonymous"
+            return None
         try:
-            return classify(user, self.router.plan).number
+            return from_trunk_number(user, trunk.number_format, self.router.plan)
         except NumberError:
-            return user
+            return None
 
     def _refuse_by_limit(self, server: ServerHandle, refusal: LimitRefusal) -> None:
         if refusal.reason.is_rate:

@@ -135,3 +135,24 @@ async def test_an_extension_we_do_not_have_gets_420(gw: GatewayUnderTest, trunk:
     response = await trunk.expect_response(invite)
     assert (response.status, response.headers.get("Unsupported")) == (420, "precondition")
     await trunk.send(ack_for_failure(invite, response), gw.udp4)
+
+
+async def test_national_called_number_and_asserted_caller_are_read_as_e164(
+    gw: GatewayUnderTest, trunk: UdpPeer
+) -> None:
+    app = await UdpPeer.open(gw.udp4)
+    register = app.request("REGISTER", f"sip:{app.domain}", from_user="1002", to_user="1002")
+    assert (await app.with_auth(register, "1002")).status == 200
+    # 1002's number in the national form, the caller in P-Asserted-Identity (trusted).
+    invite = carrier_invite(trunk, gw, "13900139002")
+    invite.headers.add("P-Asserted-Identity", "<tel:+8613600136000>")
+    await trunk.send(invite, gw.udp4)
+    ringing = await app.expect_request("INVITE")
+    assert "+8613600136000" in (ringing.headers.get("From") or "")
+    await app.reply(ringing, 486, to_tag="busy", to=gw.udp4)
+    await app.expect_request("ACK")
+    response = await trunk.expect_response(invite)
+    await trunk.send(ack_for_failure(invite, response), gw.udp4)
+    [cdr] = await cdrs(gw, 1)
+    assert cdr.caller == "+8613600136000"
+    app.close()
