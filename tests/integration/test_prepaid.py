@@ -7,6 +7,7 @@ costs 10000.00 a minute (6 s for the balance). The carrier is a socket of the te
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
@@ -37,8 +38,25 @@ billing_increment = [1, 1]
 
 
 @pytest.fixture
-def gateway_settings() -> GatewaySettings:
-    return GatewaySettings(ipv6=False, extra_toml=TARIFFS)
+async def primary() -> AsyncIterator[UdpPeer]:
+    """A cheaper carrier for +86139 that the failover test makes refuse with 503."""
+    peer = await UdpPeer.open(("127.0.0.1", 9), host="127.0.0.1")
+    try:
+        yield peer
+    finally:
+        peer.close()
+
+
+@pytest.fixture
+def gateway_settings(primary: UdpPeer) -> GatewaySettings:
+    trunk = f"""
+[[trunks]]
+name = "primary"
+host = "127.0.0.1"
+port = {primary.local[1]}
+prefixes = ["86139"]
+"""
+    return GatewaySettings(ipv6=False, extra_toml=TARIFFS + trunk)
 
 
 async def place(peer: UdpPeer, to_user: str) -> Request:
@@ -105,12 +123,22 @@ async def test_the_call_ends_when_the_balance_is_spent_and_the_next_is_refused(
     caller.close()
 
 
-async def test_two_calls_at_once_never_overdraw(gw: GatewayUnderTest, trunk: UdpPeer) -> None:
+async def refuse(carrier: UdpPeer, gw: GatewayUnderTest) -> None:
+    invite = await carrier.expect_request("INVITE")
+    await carrier.reply(invite, 503, to_tag="full", to=gw.udp4)
+    await carrier.expect_request("ACK")
+
+
+async def test_two_calls_at_once_never_overdraw(
+    gw: GatewayUnderTest, trunk: UdpPeer, primary: UdpPeer
+) -> None:
     caller = await UdpPeer.open(gw.udp4)
     first = await place(caller, "+8613900139000")
+    await refuse(primary, gw)
     await answer(trunk, gw, "one")
     await answered(caller, first)
     second = await place(caller, "+8613900139001")
+    await refuse(primary, gw)
     await answer(trunk, gw, "two")
     await answered(caller, second)
     with trio.fail_after(10):
@@ -124,4 +152,25 @@ async def test_two_calls_at_once_never_overdraw(gw: GatewayUnderTest, trunk: Udp
     account = await gw.running.store.get_account("subscriber", "1001")
     assert account is not None and Decimal(account.balance) == Decimal("1000.00") - spent
     assert Decimal(account.balance) >= 0
+    caller.close()
+
+
+async def test_a_call_that_failed_over_is_charged_once(
+    gw: GatewayUnderTest, trunk: UdpPeer, primary: UdpPeer
+) -> None:
+    caller = await UdpPeer.open(gw.udp4)
+    invite = await place(caller, "+8613900139000")
+    await refuse(primary, gw)  # the first trunk's reservation goes back
+    carried = await answer(trunk, gw, "up")
+    ok = await answered(caller, invite)
+    await trio.sleep(1.0)
+    bye = in_dialog(invite, ok, "BYE", invite.cseq.seq + 1, transport="UDP", local=caller.local)
+    await caller.send(bye)
+    to_carrier = await trunk.expect_request("BYE", call_id=carried.call_id)
+    await trunk.reply(to_carrier, 200, to=gw.udp4)
+    [cdr] = await cdrs(gw, 1)
+    assert cdr.trunks_tried == ["primary", "test-carrier"]
+    charges = [e for e in await gw.running.store.ledger("subscriber", "1001") if e.reason == "call"]
+    assert [(e.call_id, e.amount) for e in charges] == [(cdr.id, f"-{cdr.cost}")]
+    assert cdr.billable_seconds in (1, 2)
     caller.close()
