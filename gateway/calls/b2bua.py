@@ -878,10 +878,13 @@ class Call:
         from_uri, to_uri = self._identity(destination)
         branch = self._invite_branch(self.b, ruri, destination, offer, from_uri, to_uri)
         if isinstance(self.route, TrunkRoute):
-            self._toward_trunk(branch.request, self.route, destination)
+            caller = self._caller_user(toward_trunk=True)
+            self._toward_trunk(branch.request, self.route, destination, self.b, caller)
         return branch
 
-    def _toward_trunk(self, request: Request, route: TrunkRoute, destination: Destination) -> None:
+    def _toward_trunk(
+        self, request: Request, route: TrunkRoute, destination: Destination, leg: Leg, caller: str
+    ) -> None:
         """What a carrier is given (RFC 3325, RFC 3323): numbers written its way, the
         caller in From and P-Asserted-Identity (anonymous From with ``Privacy: id`` when
         the caller asked for privacy), and the trunk's own extra headers."""
@@ -892,7 +895,6 @@ class Call:
             request.uri = request.uri.replace(f"sip:{route.number}@", f"sip:{written}@", 1)
             to = request.headers.get("To") or ""
             request.headers.set("To", to.replace(f"sip:{route.number}@", f"sip:{written}@", 1))
-        caller = self._caller_user(toward_trunk=True)
         host, port = self.host.endpoint.local_address(destination.transport, destination.address[0])
         e164 = caller if _E164.fullmatch(caller) else None
         shown = to_trunk_number(caller, trunk.number_format, self._plan) if e164 else caller
@@ -900,7 +902,7 @@ class Call:
             identity = make_identity(shown, host, port=port, tel=e164)
             presentation = present_caller(
                 identity,
-                from_tag=self.b.local_tag,
+                from_tag=leg.local_tag,
                 privacy=self._caller_privacy(),
                 trusted=True,
                 send_pai=trunk.send_pai,

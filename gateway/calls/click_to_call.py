@@ -276,13 +276,18 @@ class ClickToCall(Call):
         self._a_cseq += 1
         self._old_branches.extend(self.a_branches)
         self.a_branches = []
-        for ruri, destination in targets(route):
+        for ruri, destination in await self._forks_to_a(route):
             from_uri, to_uri = self._identity_toward("a", route, destination)
             fork = self._invite_branch(
                 self.a, ruri, destination, offer, from_uri, to_uri, cseq=self._a_cseq
             )
+            if isinstance(route, TrunkRoute):
+                presented = self.presented["a"]
+                self._toward_trunk(fork.request, route, destination, self.a, presented)
             self.a_branches.append(fork)
             self._start_branch(fork, nursery)
+        if not self.a_branches:
+            return None  # the trunk has no address now: A's next route
         while True:
             with trio.move_on_at(deadline):
                 branch, event = await self._events.receive()
@@ -299,6 +304,13 @@ class ClickToCall(Call):
                 self._cancel_branch(pending, force=True)
             self.end("a-no-answer", 408)
             return False
+
+    async def _forks_to_a(self, route: Route) -> list[tuple[str, Destination]]:
+        """A's devices, or the trunk's first DNS target (RFC 3263) for A's number."""
+        if not isinstance(route, TrunkRoute):
+            return targets(route)
+        found = await self.host.trunk_targets(route.trunk)
+        return [(route.request_uri, found[0])] if found else []
 
     def _on_a_event(self, branch: Branch, event: ClientEvent) -> bool | None:
         if isinstance(event, TransactionTimeout):
