@@ -215,6 +215,12 @@ _DENIALS = {
 }
 
 
+def _denial_phrase(denied: Denied) -> str:
+    if denied.payer.kind == "partner" and denied.reason == "insufficient-balance":
+        return "Partner Budget Spent"
+    return _DENIALS.get(denied.reason, "Payment Required")
+
+
 @dataclass(eq=False)
 class _Resend:
     """The caller's 2xx, sent again until its ACK comes (RFC 3261 13.3.1.4)."""
@@ -674,7 +680,7 @@ class Call:
             if isinstance(route, TrunkRoute) and not self._seize(route):
                 status, reason = (503, "No Trunk Available")
                 if self._denied is not None:
-                    status, reason = 403, _DENIALS.get(self._denied.reason, "Payment Required")
+                    status, reason = 403, _denial_phrase(self._denied)
                 continue
             outcome = await self._attempt_route(route, offer, nursery, deadline, last=last)
             if outcome is not None:
@@ -1242,9 +1248,10 @@ class Call:
         return trio.current_time() < self._credit_at
 
     def _max_duration(self) -> float:
-        """The route's longest call in seconds (0: none): the trunk's, or routing's."""
+        """The route's longest call in seconds (0: none): the trunk's, or routing's.
+        Emergency calls have none."""
         if isinstance(self.route, TrunkRoute):
-            return self.route.trunk.max_duration
+            return 0.0 if self.route.emergency else self.route.trunk.max_duration
         return self.config.routing.max_duration
 
     def _final_answer(self, response: Response) -> bytes | None:

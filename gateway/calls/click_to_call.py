@@ -253,7 +253,6 @@ class ClickToCall(Call):
         if not isinstance(route, TrunkRoute):
             return True
         refused = self.host.seize_trunk(route.trunk, force=False)
-        self.record.trunks_tried.append(route.trunk.name)
         if refused is not None:
             self.record.trunk_skips[route.trunk.name] = refused
             return False

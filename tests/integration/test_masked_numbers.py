@@ -9,6 +9,7 @@ or X once unbound, gets 480. The partner pays.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -28,6 +29,7 @@ from tests.integration.sipclient import (
 
 PHONE = "+8613800138000"
 POOL = ["+8617000000010", "+8617000000011"]
+BROKE_POOL = "+8617100000010"
 
 
 @pytest.fixture
@@ -38,6 +40,16 @@ name = "acme"
 api_key = "key-acme-masked"
 budget = "50.00"
 masked_pool = ["{POOL[0]}", "{POOL[1]}"]
+
+[[partners]]
+name = "broke"
+api_key = "key-broke-masked"
+budget = "0.00"
+masked_pool = ["{BROKE_POOL}"]
+
+[[tariffs]]
+prefix = "86138"
+per_minute = "0.10"
 """
     return GatewaySettings(ipv6=False, extra_toml=extra)
 
@@ -145,4 +157,18 @@ async def test_strangers_and_unbound_numbers_get_480(
     await caller.send(ack_for_failure(again, response))
     await trunk.expect_silence(0.3)
     stranger.close()
+    caller.close()
+
+
+async def test_a_partner_whose_budget_is_spent_gets_403_on_sip(
+    gw: GatewayUnderTest, trunk: UdpPeer
+) -> None:
+    # The API refuses such a partner new bindings (402); one made before still exists.
+    store = gw.running.store
+    await store.bind_masked("broke", [BROKE_POOL], "1001", PHONE, 600, time.time())
+    caller, invite = await app_calls(gw, "1001", BROKE_POOL)
+    response = await caller.expect_response(invite)
+    assert (response.status, response.reason) == (403, "Partner Budget Spent")
+    await caller.send(ack_for_failure(invite, response))
+    await trunk.expect_silence(0.3)  # nothing reached a carrier
     caller.close()

@@ -7,8 +7,8 @@ import pytest
 from gateway.calls.b2bua import best_status, map_status
 from gateway.calls.call import CallRecord, disposition_for
 from gateway.calls.registrar import ExpiryPolicy, RegisterRefused, decide, destination_of
-from gateway.calls.router import AppRoute, Refusal, Router, TrunkRoute, pick_trunk
-from gateway.config import parse_config
+from gateway.calls.router import AppRoute, Refusal, Router, TrunkRoute, lcr_order, pick_trunk
+from gateway.config import TrunkConfig, parse_config
 from gateway.sip.message import Request, parse
 from gateway.sip.uri import parse_uri
 from gateway.store.model import Binding, Subscriber
@@ -187,6 +187,37 @@ def test_route_numbers_to_the_longest_prefix_trunk() -> None:
     assert china.request_uri == "sip:+8613800138000@198.51.100.5:5060"
     assert isinstance(abroad, TrunkRoute) and abroad.trunk.name == "world"
     assert abroad.number == "+44207946000"
+
+
+def test_lcr_orders_by_prefix_length_then_price_then_priority_then_order() -> None:
+    def trunk(name: str, prefix: str, price: str, priority: int = 0) -> TrunkConfig:
+        return TrunkConfig(
+            name=name,
+            host="198.51.100.9",
+            prefixes=[prefix],
+            price_per_minute=price,
+            priority=priority,
+        )
+
+    trunks = [
+        trunk("any-cheap", "", "0.001"),
+        trunk("cn-dear", "86", "0.05"),
+        trunk("cn-cheap-low", "86", "0.01", priority=5),
+        trunk("cn-cheap-high", "86", "0.01", priority=1),
+        trunk("cn-cheap-high-too", "86", "0.01", priority=1),
+        trunk("mobile", "86138", "0.09"),
+        trunk("uk", "44", "0.001"),
+    ]
+    names = [t.name for t in lcr_order(trunks, "+8613800138000")]
+    assert names == [
+        "mobile",  # the longest prefix wins over any price
+        "cn-cheap-high",  # then the cheapest; among equals the lower priority,
+        "cn-cheap-high-too",  # then the order of the configuration
+        "cn-cheap-low",
+        "cn-dear",
+        "any-cheap",  # the empty prefix matches last
+    ]
+    assert lcr_order(trunks, "+33123456789") == [trunks[0]]
 
 
 def test_route_refuses_what_is_not_a_number() -> None:
