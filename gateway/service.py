@@ -28,6 +28,7 @@ from gateway.calls.registrar import ExpiryPolicy, Registrar
 from gateway.calls.trunk_health import TrunkMonitor
 from gateway.calls.trunk_registration import TrunkRegistrations
 from gateway.config import Config
+from gateway.control.cdr_query import CdrQuery, fetch_cdrs
 from gateway.control.http import run_http
 from gateway.control.metrics import gateway_registry
 from gateway.control.server import ControlServer
@@ -240,11 +241,8 @@ class Gateway:
         return [call.summary() for call in self.core.calls.values()]
 
     async def _cdr(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        limit = int(args.get("limit") or 100)
-        since = args.get("since")
-        cdrs = await self.store.list_cdrs(
-            since=float(since) if since is not None else None, limit=limit
-        )
+        """One page of CDRs, every field (money too): `edgegw cdr` and `edgegw cdr export`."""
+        cdrs = await fetch_cdrs(self.store, CdrQuery.from_args(args))
         return [msgspec.to_builtins(cdr) for cdr in cdrs]
 
 

@@ -1,8 +1,10 @@
 """The ``edgegw`` command line: run the gateway, check a config, and inspect a running gateway.
 
-``run`` and ``config check`` work on a config file; ``status``, ``calls`` and ``cdr`` ask the
-running gateway over its control socket (:mod:`gateway.control.client`). Listing commands print
-rich tables for people, or exactly one JSON document with ``--json`` for scripts.
+``run`` and ``config check`` work on a config file; ``status``, ``calls``, ``cdr`` and
+``cdr export`` ask the running gateway over its control socket (:mod:`gateway.control.client`).
+Listing commands print rich tables for people, or exactly one JSON document with ``--json`` for
+scripts. ``cdr export`` pages through every CDR of a time window and writes them as CSV or JSON
+(:mod:`gateway.store.cdr_export`), to stdout or atomically to a file.
 
 Exit codes (the outside contract): 0 ok, 1 failed, 2 usage error, 3 gateway not running.
 """
@@ -12,25 +14,32 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+import msgspec
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
 from gateway import __version__
 from gateway.config import Config, ConfigError, default_config, load_config
 from gateway.control.client import ControlClient, ControlError, GatewayNotRunning
+from gateway.store.cdr_export import cdrs_to_csv, cdrs_to_json
+from gateway.store.model import Cdr
 
 __all__ = [
     "CALL_COLUMNS",
     "CDR_COLUMNS",
     "DEFAULT_CDR_LIMIT",
+    "DEFAULT_EXPORT_PAGE",
     "DEFAULT_SOCKET",
     "EXIT_FAILED",
     "EXIT_NOT_RUNNING",
@@ -38,12 +47,14 @@ __all__ = [
     "EXIT_USAGE",
     "SOCKET_ENV",
     "cli",
+    "export_window",
     "format_cell",
     "main",
     "parse_time",
     "resolve_socket",
     "rows_table",
     "status_table",
+    "write_atomically",
 ]
 
 EXIT_OK = 0
@@ -54,6 +65,8 @@ EXIT_NOT_RUNNING = 3
 SOCKET_ENV = "EDGEGW_SOCKET"
 DEFAULT_SOCKET = Path("var/control.sock")
 DEFAULT_CDR_LIMIT = 100
+# CDRs per control request of an export: a few hundred KiB of JSON, well inside one response.
+DEFAULT_EXPORT_PAGE = 500
 
 CALL_COLUMNS = ("id", "caller", "callee", "route", "trunk", "state", "start", "duration")
 CDR_COLUMNS = (
@@ -346,7 +359,7 @@ def parse_time(text: str) -> float:
     return epoch
 
 
-def _since_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     if value is None:
         return None
     try:
@@ -355,7 +368,10 @@ def _since_option(ctx: click.Context, param: click.Parameter, value: str | None)
         raise click.BadParameter(str(exc), ctx, param) from None
 
 
-@cli.command()
+_LISTING_ONLY = ("limit", "since", "as_json")
+
+
+@cli.group(invoke_without_command=True)
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -366,26 +382,204 @@ def _since_option(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option(
     "--since",
     metavar="ISO-or-epoch",
-    callback=_since_option,
+    callback=_time_option,
     help="Only calls that started at or after this time.",
 )
 @_socket_options
-@click.pass_obj
+@click.pass_context
 def cdr(
-    options: _GlobalOptions,
+    ctx: click.Context,
     limit: int,
     since: float | None,
     socket_path: Path | None,
     config_path: Path | None,
     as_json: bool,
 ) -> None:
-    """List call detail records."""
+    """List call detail records, newest first; `edgegw cdr export` writes a window of them."""
+    options: _GlobalOptions = ctx.obj
+    if ctx.invoked_subcommand is not None:
+        # Only the socket choice carries over to a subcommand; the listing's own options
+        # before it would be silently ignored, so they are refused.
+        misplaced = [
+            f"--{name.removeprefix('as_')}"
+            for name in _LISTING_ONLY
+            if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+        ]
+        if misplaced:
+            raise click.UsageError(
+                f"the listing's {', '.join(misplaced)} "
+                f"{'does' if len(misplaced) == 1 else 'do'} not apply to "
+                f"`edgegw cdr {ctx.invoked_subcommand}`: give its options after its name",
+                ctx,
+            )
+        ctx.obj = replace(
+            options, socket=socket_path or options.socket, config=config_path or options.config
+        )
+        return
     path = resolve_socket(options, socket_path, config_path)
     result = _call(path, "cdr", limit=limit, since=since)
     if as_json or not _all_dicts(result):
         _print_json(result)
         return
     _console().print(rows_table("call detail records", CDR_COLUMNS, result))
+
+
+def _page_of_cdrs(result: Any, offset: int) -> list[Cdr]:
+    try:
+        return msgspec.convert(result, list[Cdr])
+    except msgspec.ValidationError as exc:
+        _fail(f"cdr: the gateway answered the page at offset {offset} with no CDR list: {exc}")
+
+
+def _outside(cdr: Cdr, since: float, until: float | None, partner: str | None) -> bool:
+    return (
+        cdr.start < since
+        or (until is not None and cdr.start >= until)
+        or (partner is not None and cdr.partner != partner)
+    )
+
+
+def export_window(
+    path: Path, since: float, until: float | None, partner: str | None, page_size: int
+) -> list[Cdr]:
+    """Every CDR that started in [since, until) (of ``partner`` when given), oldest first.
+
+    Pages through the gateway's ``cdr`` command ``page_size`` records at a time until a short
+    page. A CDR written meanwhile moves older ones a place down the pages, so one may come
+    twice: it is kept once. Exits 1 when the gateway answers outside the window or repeats a
+    page, as a gateway that ignores the window or the offset (an older version) would.
+    """
+    found: dict[str, Cdr] = {}
+    offset = 0
+    while True:
+        window = {"since": since, "until": until, "partner": partner}
+        result = _call(path, "cdr", **window, limit=page_size, offset=offset)
+        page = _page_of_cdrs(result, offset)
+        stray = next((c for c in page if _outside(c, since, until, partner)), None)
+        if stray is not None:
+            _fail(f"cdr: the gateway answered CDR {stray.id} from outside the asked window")
+        new = [c for c in page if c.id not in found]
+        if len(page) == page_size and not new:
+            _fail(f"cdr: the gateway repeated a page at offset {offset}: it does not page CDRs")
+        found.update((c.id, c) for c in new)
+        if len(page) < page_size:
+            return sorted(reversed(found.values()), key=lambda c: c.start)
+        offset += page_size
+
+
+def _new_file_mode() -> int:
+    # What open() would give a new file: mkstemp's 0600 would hide the export from others.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8, line ends as given) to ``path`` all at once or not at all.
+
+    The text goes to a temporary file beside ``path``, is flushed to disk, and is renamed
+    over ``path``; a reader never sees half a file, and a failure leaves ``path`` as it was.
+    Raises OSError.
+    """
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, _new_file_mode())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+
+
+@cdr.command("export")
+@click.option(
+    "--since",
+    required=True,
+    metavar="ISO-or-epoch",
+    callback=_time_option,
+    help="Only calls that started at or after this time.",
+)
+@click.option(
+    "--until",
+    metavar="ISO-or-epoch",
+    callback=_time_option,
+    help="Only calls that started before this time [default: no end].",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["csv", "json"], case_sensitive=False),
+    default="csv",
+    show_default=True,
+    help="CSV (RFC 4180, a header row) or one JSON list.",
+)
+@click.option("--partner", metavar="NAME", help="Only calls of this partner.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to FILE (atomically: a temporary file renamed into place) [default: stdout].",
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_EXPORT_PAGE,
+    show_default=True,
+    help="CDRs per request to the gateway.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Take the control socket from this config file.",
+)
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"Control socket of the gateway [default: ${SOCKET_ENV} or ./{DEFAULT_SOCKET}].",
+)
+@click.pass_obj
+def cdr_export(
+    options: _GlobalOptions,
+    since: float,
+    until: float | None,
+    output_format: str,
+    partner: str | None,
+    output: Path | None,
+    page_size: int,
+    config_path: Path | None,
+    socket_path: Path | None,
+) -> None:
+    """Export every CDR of a time window, oldest first, with its payer, tariff and cost."""
+    if until is not None and until <= since:
+        raise click.BadParameter("must be later than --since", param_hint="'--until'")
+    if partner is not None and not partner:
+        raise click.BadParameter("must not be empty", param_hint="'--partner'")
+    path = resolve_socket(options, socket_path, config_path)
+    cdrs = export_window(path, since, until, partner, page_size)
+    text = cdrs_to_csv(cdrs) if output_format.lower() == "csv" else cdrs_to_json(cdrs) + "\n"
+    if output is None:
+        # Bytes, not click.echo: that would strip escape sequences from a piped export, and
+        # a CDR's text fields are the caller's to choose.
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.buffer.flush()
+        return
+    try:
+        write_atomically(output, text)
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror or exc}")
+    click.echo(f"{output}: {len(cdrs)} CDRs", err=True)
 
 
 def main() -> None:

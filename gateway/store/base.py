@@ -105,10 +105,16 @@ class Store(Protocol):
         ...
 
     async def list_cdrs(
-        self, *, since: float | None = None, limit: int = 100, partner: str | None = None
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        partner: str | None = None,
     ) -> list[Cdr]:
-        """CDRs of calls started at or after ``since`` (of one partner when given),
-        newest start first."""
+        """CDRs of calls started in [``since``, ``until``) (of one partner when given),
+        newest start first; ``limit`` of them after skipping ``offset``."""
         ...
 
     async def checkpoint_active_calls(self, calls: list[ActiveCall], now: float) -> None:

@@ -470,20 +470,34 @@ class SqliteStore:
         await self._write(partial(_settle_call, cdr, charge))
 
     async def list_cdrs(
-        self, *, since: float | None = None, limit: int = 100, partner: str | None = None
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        partner: str | None = None,
     ) -> list[Cdr]:
         _check_limit(limit)
+        if offset < 0:
+            raise ValueError(f"offset must be 0 or more, got {offset}")
         conditions: list[str] = []
         args: list[object] = []
         if since is not None:
             conditions.append("start>=?")
             args.append(since)
+        if until is not None:
+            conditions.append("start<?")
+            args.append(until)
         if partner is not None:
             conditions.append("partner=?")
             args.append(partner)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        sql = f"SELECT {_CDR_COLUMNS} FROM cdrs {where} ORDER BY start DESC, seq DESC LIMIT ?"
-        return await self._read(partial(_select, Cdr, "cdrs", sql, (*args, limit)))
+        sql = (
+            f"SELECT {_CDR_COLUMNS} FROM cdrs {where} "
+            "ORDER BY start DESC, seq DESC LIMIT ? OFFSET ?"
+        )
+        return await self._read(partial(_select, Cdr, "cdrs", sql, (*args, limit, offset)))
 
     async def checkpoint_active_calls(self, calls: list[ActiveCall], now: float) -> None:
         """Replace the stored set of calls in progress with ``calls``, atomically.

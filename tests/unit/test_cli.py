@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -12,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 from click.testing import CliRunner, Result
@@ -19,10 +23,12 @@ from click.testing import CliRunner, Result
 import gateway as gateway_package
 from gateway import __version__
 from gateway.config import Config, default_config
+from gateway.control.cdr_query import CdrQuery, fetch_cdrs
 from gateway.control.cli import (
     CALL_COLUMNS,
     CDR_COLUMNS,
     DEFAULT_CDR_LIMIT,
+    DEFAULT_EXPORT_PAGE,
     DEFAULT_SOCKET,
     EXIT_FAILED,
     EXIT_NOT_RUNNING,
@@ -31,6 +37,8 @@ from gateway.control.cli import (
     format_cell,
 )
 from gateway.control.server import ControlServer
+from gateway.store.model import Cdr
+from gateway.store.sqlite import SqliteStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -286,6 +294,252 @@ async def test_unexpected_result_shape_falls_back_to_json(
         result = await ainvoke([command, "--socket", str(sock_path)])
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout) == ["not", "rows"]
+
+
+# --- cdr export ------------------------------------------------------------------------------
+
+EXPORTED = 60  # CDRs in the export tests' store: call n started at START + 60 n
+
+
+def rated_cdr(n: int) -> Cdr:
+    return Cdr(
+        id=f"x{n:03d}",
+        caller="1001",
+        callee="+8613800138000",
+        route="trunk",
+        trunk="demo-carrier",
+        start=START + 60 * n,
+        answer=START + 60 * n + 2,
+        end=START + 60 * n + 32,
+        duration=30.0,
+        disposition="answered",
+        end_reason="caller-bye",
+        sip_status=200,
+        caller_call_id=f"a{n}",
+        callee_call_id=f"b{n}",
+        payer="partner:demo" if n % 2 else "subscriber:1001",
+        partner="demo" if n % 2 else None,
+        rate_per_minute="0.10",
+        billing_increment=[60, 60],
+        billable_seconds=60,
+        cost="0.10",
+        trunks_tried=["demo-carrier"],
+    )
+
+
+@pytest.fixture
+async def store_gateway(
+    nursery: trio.Nursery, sock_path: Path, tmp_path: Path
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """A control server answering `cdr` from a real store, as the gateway does; its requests."""
+    requests: list[dict[str, Any]] = []
+    async with SqliteStore(tmp_path / "state.db") as store:
+        for n in range(EXPORTED):
+            await store.write_cdr(rated_cdr(n))
+
+        async def cdr(args: dict[str, Any]) -> Any:
+            requests.append(args)
+            if args.get("offset") == 13:  # the 14th page of one CDR each
+                raise RuntimeError("store unavailable")
+            cdrs = await fetch_cdrs(store, CdrQuery.from_args(args))
+            return [msgspec.to_builtins(c) for c in cdrs]
+
+        await nursery.start(ControlServer(sock_path, {"cdr": cdr}).serve)
+        yield requests
+
+
+def csv_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+async def test_export_csv_pages_through_the_window(
+    store_gateway: list[dict[str, Any]], sock_path: Path
+) -> None:
+    result = await ainvoke(
+        ["cdr", "export", "--since", str(START), "--page-size", "7", "--socket", str(sock_path)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = csv_rows(result.stdout)
+    assert [row["id"] for row in rows] == [f"x{n:03d}" for n in range(EXPORTED)]  # oldest first
+    assert (rows[1]["payer"], rows[1]["cost"], rows[1]["billing_increment"]) == (
+        "partner:demo",
+        "0.10",
+        "60/60",
+    )
+    assert [r["offset"] for r in store_gateway] == list(range(0, EXPORTED + 1, 7))
+    assert store_gateway[0] == {
+        "since": START,
+        "until": None,
+        "partner": None,
+        "limit": 7,
+        "offset": 0,
+    }
+    assert result.stderr == ""
+
+
+async def test_listing_json_carries_the_money(
+    store_gateway: list[dict[str, Any]], sock_path: Path
+) -> None:
+    result = await ainvoke(["cdr", "--json", "--limit", "2", "--socket", str(sock_path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [
+        msgspec.to_builtins(rated_cdr(n)) for n in (EXPORTED - 1, EXPORTED - 2)
+    ]
+    assert store_gateway == [{"limit": 2, "since": None}]
+
+
+async def test_export_default_page_takes_more_than_the_listing(
+    store_gateway: list[dict[str, Any]], sock_path: Path
+) -> None:
+    assert DEFAULT_EXPORT_PAGE > DEFAULT_CDR_LIMIT
+    result = await ainvoke(["cdr", "export", "--since", "0", "--socket", str(sock_path)])
+    assert result.exit_code == 0, result.output
+    assert len(csv_rows(result.stdout)) == EXPORTED
+    assert [r["limit"] for r in store_gateway] == [DEFAULT_EXPORT_PAGE]
+
+
+async def test_export_json_window_and_partner_to_a_file(
+    store_gateway: list[dict[str, Any]], sock_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out" / "cdrs.json"
+    out.parent.mkdir()
+    since, until = START + 60 * 10, "2024-05-01T12:20:00+00:00"  # START + 60 * 20
+    result = await ainvoke(
+        [
+            *("--socket", str(sock_path), "cdr", "export", "--since", str(since)),
+            *("--until", until, "--partner", "demo", "--format", "JSON"),
+            *("--output", str(out), "--page-size", "2"),
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert result.stderr == f"{out}: 5 CDRs\n"
+    exported = json.loads(out.read_text(encoding="utf-8"))
+    assert [c["id"] for c in exported] == ["x011", "x013", "x015", "x017", "x019"]
+    assert exported[0]["rate_per_minute"] == "0.10" and exported[0]["trunks_tried"] == [
+        "demo-carrier"
+    ]
+    assert store_gateway[0]["until"] == START + 60 * 20
+    assert os.listdir(out.parent) == ["cdrs.json"]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+async def test_export_replaces_a_file_only_when_complete(
+    store_gateway: list[dict[str, Any]], sock_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cdrs.csv"
+    out.write_text("previous export\n")
+    # The gateway fails the 14th page: nothing is written and the old file stays.
+    result = await ainvoke(
+        [
+            *("cdr", "export", "--since", "0", "--page-size", "1"),
+            *("--output", str(out), "--socket", str(sock_path)),
+        ]
+    )
+    assert result.exit_code == EXIT_FAILED, result.output
+    assert result.stderr == "edgegw: cdr: store unavailable\n"
+    assert out.read_text() == "previous export\n"
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+    result = await ainvoke(
+        ["cdr", "export", "--since", "0", "--output", str(out), "--socket", str(sock_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(csv_rows(out.read_text(encoding="utf-8"))) == EXPORTED
+
+
+async def test_export_to_a_missing_directory_fails(
+    store_gateway: list[dict[str, Any]], sock_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "no-such-dir" / "cdrs.csv"
+    result = await ainvoke(
+        ["cdr", "export", "--since", "0", "--output", str(out), "--socket", str(sock_path)]
+    )
+    assert result.exit_code == EXIT_FAILED
+    assert result.stderr == f"edgegw: cannot write {out}: No such file or directory\n"
+
+
+async def test_export_refuses_a_gateway_that_ignores_the_window(
+    nursery: trio.Nursery, sock_path: Path
+) -> None:
+    # What a gateway that knows only the listing (no until, partner or offset) would answer.
+    old = [msgspec.to_builtins(rated_cdr(n)) for n in (3, 2)]
+
+    async def listing_only(args: dict[str, Any]) -> Any:
+        return old
+
+    await nursery.start(ControlServer(sock_path, {"cdr": listing_only}).serve)
+    export = ["cdr", "export", "--socket", str(sock_path), "--since", str(START)]
+    result = await ainvoke([*export, "--page-size", "2"])
+    assert result.exit_code == EXIT_FAILED
+    assert (
+        result.stderr
+        == "edgegw: cdr: the gateway repeated a page at offset 2: it does not page CDRs\n"
+    )
+    result = await ainvoke([*export, "--until", str(START + 150)])
+    assert result.exit_code == EXIT_FAILED
+    assert (
+        result.stderr
+        == "edgegw: cdr: the gateway answered CDR x003 from outside the asked window\n"
+    )
+    result = await ainvoke([*export, "--partner", "other"])
+    assert result.exit_code == EXIT_FAILED
+    assert "outside the asked window" in result.stderr
+
+
+async def test_export_refuses_an_answer_that_is_not_cdrs(
+    gateway: FakeGateway, sock_path: Path
+) -> None:
+    result = await ainvoke(["cdr", "export", "--since", "0", "--socket", str(sock_path)])
+    assert result.exit_code == EXIT_FAILED
+    assert "edgegw: cdr: the gateway answered the page at offset 0 with no CDR list" in (
+        result.stderr
+    )
+    assert "caller_call_id" in result.stderr  # the field the canned rows lack
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["cdr", "export"], "Missing option '--since'"),
+        (["cdr", "export", "--since", "yesterday-ish"], "neither epoch seconds nor an ISO 8601"),
+        (["cdr", "export", "--since", "10", "--until", "soon"], "Invalid value for '--until'"),
+        (["cdr", "export", "--since", "10", "--until", "10"], "must be later than --since"),
+        (
+            ["cdr", "export", "--since", "10", "--format", "xml"],
+            "'xml' is not one of 'csv', 'json'",
+        ),
+        (["cdr", "export", "--since", "10", "--partner", ""], "'--partner': must not be empty"),
+        (["cdr", "export", "--since", "10", "--page-size", "0"], "Invalid value for '--page-size'"),
+        (
+            ["cdr", "--since", "10", "export", "--since", "10"],
+            "the listing's --since does not apply to `edgegw cdr export`",
+        ),
+        (["cdr", "--json", "--limit", "3", "export"], "the listing's --limit, --json do not apply"),
+        (["cdr", "exprot"], "No such command 'exprot'"),
+    ],
+)
+def test_export_usage_errors_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    result = invoke([*args, "--socket", str(tmp_path / "absent.sock")])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert message in result.stderr
+
+
+def test_export_not_running_exits_3(tmp_path: Path) -> None:
+    path = tmp_path / "absent.sock"
+    for args in (
+        ["cdr", "export", "--since", "0", "--socket", str(path)],
+        ["cdr", "--socket", str(path), "export", "--since", "0"],
+    ):
+        result = invoke([*args, "--output", str(tmp_path / "never.csv")])
+        assert result.exit_code == EXIT_NOT_RUNNING, result.output
+        assert result.stderr == (
+            f"edgegw: gateway not running (no control socket at {path}): "
+            "start it with `edgegw run`\n"
+        )
+        assert not (tmp_path / "never.csv").exists()
 
 
 # --- config files ----------------------------------------------------------------------------
