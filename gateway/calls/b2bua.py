@@ -331,6 +331,7 @@ def moves_on(route: Route, status: int, q850: int | None = None) -> bool:
 class Call:
     masked: MaskedCall | None = None  # set for a call to a partner's masked number
     _prov: ReliableSender | None = None
+    _deferred_ok: tuple[Response, Response] | None = None
 
     def __init__(
         self,
@@ -352,7 +353,8 @@ class Call:
         if requires_100rel(server.request):
             self._prov = ReliableSender(server.request, t1=host.config.sip.t1)
         self._queued: Response | None = None  # the latest provisional waiting its turn
-        self._deferred_ok: Response | None = None  # a 2xx waiting for a PRACK
+        # The caller's 2xx (and the callee's answer it was made from) waiting for a PRACK.
+        self._deferred_ok: tuple[Response, Response] | None = None
         self.server = server
         self.invite = server.request
         self.caller = caller
@@ -428,6 +430,7 @@ class Call:
         self._answered_at = math.inf
         self.winner: Branch | None = None
         self.ended = trio.Event()
+        self._poke = trio.Event()
         self._inbox_send, self._inbox = trio.open_memory_channel[
             tuple[str, Request, ServerHandle | None]
         ](64)
@@ -503,6 +506,11 @@ class Call:
     def end(self, reason: str, status: int | None = None) -> None:
         self.record.finish(reason, status)
         self.ended.set()
+        self._wake_talk()
+
+    def _wake_talk(self) -> None:
+        """Something _talk sleeps on changed (a deadline, the end): it looks again."""
+        self._poke.set()
 
     def summary(self) -> dict[str, object]:
         record = self.record
@@ -541,7 +549,11 @@ class Call:
                     log.exception("call wrap-up failed", call=self.id)
                 self.host.forget(self)
                 with trio.move_on_after(10):
-                    await self.host.record(self)
+                    try:
+                        await self.host.record(self)
+                    except Exception:
+                        # The store failed this CDR (logged); the other calls go on.
+                        log.exception("call record failed", call=self.id)
 
     async def _lifetime(self) -> None:
         try:
@@ -654,16 +666,27 @@ class Call:
             return None
 
     async def _setup(self, nursery: trio.Nursery) -> bool:
+        if self.server.cancelled:  # the CANCEL came before the call started: nobody rings
+            self._refuse(487, "Request Terminated", "caller-cancel")
+            return False
         offer = self._offer()
         if offer is None:
             return False
         self.server.on_cancel = self._on_caller_cancel
+        answered = False
         try:
-            if self.server.cancelled:  # the CANCEL came while the ports were being bound
-                self._on_caller_cancel()
-            return await self._try_routes(offer, nursery)
+            with trio.CancelScope() as scope:
+                nursery.start_soon(self._cancel_when_ended, scope)
+                answered = await self._try_routes(offer, nursery)
+            return answered and not self.ended.is_set()
         finally:
-            self.server.on_cancel = None
+            # A 2xx held for a PRACK can still be cancelled by the caller.
+            self.server.on_cancel = self._cancel_deferred if self._deferred_ok else None
+
+    async def _cancel_when_ended(self, scope: trio.CancelScope) -> None:
+        """Ending the call (a hangup from the API or the CLI) stops trying its routes."""
+        await self.ended.wait()
+        scope.cancel()
 
     async def _try_routes(self, offer: bytes | None, nursery: trio.Nursery) -> bool:
         """Each route in turn until one answers or a failure ends the call."""
@@ -1094,8 +1117,8 @@ class Call:
         if outcome.status != 200:
             return
         if self._deferred_ok is not None:
-            ok, self._deferred_ok = self._deferred_ok, None
-            self._send_ok(ok)
+            (ok, answer), self._deferred_ok = self._deferred_ok, None
+            self._send_ok(ok, answer)
         elif self._queued is not None and not self.server.final_sent:
             queued, self._queued = self._queued, None
             self._provisional_to_caller(queued)
@@ -1159,24 +1182,34 @@ class Call:
             self.a.timer.refreshed(now)
         ok.body = answer
         ok.headers.set("Content-Type", "application/sdp")
+        if self._prov is not None and self._prov.pending:
+            # RFC 3262 3 makes this wait only after an SDP provisional; waiting always keeps
+            # the PRACK's 200 ahead of the INVITE's, which strict carriers expect. Until it
+            # goes, the caller has no dialog and the call is not answered (nor billed).
+            self._deferred_ok = (ok, response)
+        else:
+            self._send_ok(ok, response)
+        return True
+
+    def _send_ok(self, ok: Response, answer: Response) -> None:
+        """The caller's 2xx: its dialog confirmed, the call answered from now on."""
         contact = ok.headers.get("Contact") or ""
         self._caller_dialog.local_contact = contact.strip("<>")
         self.a.dialog = self._caller_dialog
         self.a.dialog.confirm()
-        self._mark_answered(response, now)
-        if self._prov is not None and self._prov.pending:
-            # RFC 3262 3 makes this wait only after an SDP provisional; waiting always keeps
-            # the PRACK's 200 ahead of the INVITE's, which strict carriers expect.
-            self._deferred_ok = ok
-        else:
-            self._send_ok(ok)
-        return True
-
-    def _send_ok(self, ok: Response) -> None:
+        self._mark_answered(answer, trio.current_time())
         if self._prov is not None:
             self._prov.final_sent()
         self.server.respond(ok)
         self._retransmit_until_ack(self.a, ok)
+        self._wake_talk()
+
+    def _cancel_deferred(self) -> None:
+        """The caller's CANCEL while its 2xx waits for a PRACK: 487, and B is hung up."""
+        if self._deferred_ok is None:
+            return
+        self._deferred_ok = None
+        self._refuse(487, "Request Terminated", "caller-cancel")
 
     def _take_callee_answer(self, branch: Branch, response: Response) -> bytes | None:
         """The callee's 2xx: its dialog, ACK, the other forks cancelled; the answer for
@@ -1314,7 +1347,9 @@ class Call:
                 self._credit_at,
             )
             with trio.move_on_at(deadline):
-                await self.ended.wait()
+                await self._poke.wait()
+            if self._poke.is_set():
+                self._poke = trio.Event()
             if self.ended.is_set():
                 return
             now = trio.current_time()

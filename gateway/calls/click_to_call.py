@@ -16,6 +16,7 @@ change is reported to the partner logic through a
 
 from __future__ import annotations
 
+import math
 import secrets
 import socket
 
@@ -164,6 +165,13 @@ class ClickToCall(Call):
     def _caller_privacy(self) -> Privacy:
         return Privacy()
 
+    def _a_contact(self, response: Response) -> None:
+        # A was called by us: our Contact toward it is the one its INVITE carried.
+        destination = self.a.destination
+        assert destination is not None
+        uri = self.host.endpoint.contact_uri(destination.transport, destination.address[0])
+        response.headers.set("Contact", f"<{uri}>")
+
     def on_stray_2xx(self, response: Response) -> None:
         leg = self.a if response.call_id == self.a.call_id else self.b
         if leg.dialog is not None and leg.destination is not None:
@@ -211,10 +219,6 @@ class ClickToCall(Call):
             return await self._try_routes(self._offer_for_b(), nursery)
         return False  # ended (the partner hung up) while calling
 
-    async def _cancel_when_ended(self, scope: trio.CancelScope) -> None:
-        await self.ended.wait()
-        scope.cancel()
-
     def _offer_for_b(self) -> bytes | None:
         try:
             return self.call_media.offer("a", self._a_body)
@@ -230,7 +234,8 @@ class ClickToCall(Call):
             offer = self._offer_for_a(route, retarget=index > 0)
             if offer is None or not self._seize_a(route):
                 continue
-            outcome = await self._attempt_a(route, offer, nursery, deadline)
+            last = index == len(self.a_attempts) - 1
+            outcome = await self._attempt_a(route, offer, nursery, deadline, last=last)
             if outcome is not None:
                 return outcome
             if index == len(self.a_attempts) - 1 or not moves_on(route, self._a_status()):
@@ -269,7 +274,7 @@ class ClickToCall(Call):
         return min(finals, default=480)
 
     async def _attempt_a(
-        self, route: Route, offer: bytes, nursery: trio.Nursery, deadline: float
+        self, route: Route, offer: bytes, nursery: trio.Nursery, deadline: float, *, last: bool
     ) -> bool | None:
         """A's forks on one route: True answered, False over, None try A's next route."""
         self._a_cseq += 1
@@ -287,8 +292,14 @@ class ClickToCall(Call):
             self._start_branch(fork, nursery)
         if not self.a_branches:
             return None  # the trunk has no address now: A's next route
+        give_way = math.inf
+        if not last:  # an app that rings too long, a trunk that says nothing: A's next route
+            routing = self.config.routing
+            app = isinstance(route, AppRoute)
+            wait = routing.ring_timeout if app else routing.trunk_response_timeout
+            give_way = trio.current_time() + wait
         while True:
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(min(deadline, give_way)):
                 branch, event = await self._events.receive()
                 if branch is None or event is None:
                     continue
@@ -296,11 +307,17 @@ class ClickToCall(Call):
                     self._late_event(branch, event)
                     continue
                 outcome = self._on_a_event(branch, event)
+                if branch.provisional and isinstance(route, TrunkRoute):
+                    give_way = math.inf  # the trunk took the call; A's phone rings
                 if outcome is not None or all(b.final is not None for b in self.a_branches):
                     return outcome
                 continue
             for pending in self.a_branches:
                 self._cancel_branch(pending, force=True)
+            if trio.current_time() < deadline:
+                for pending in self.a_branches:
+                    pending.final = pending.final or 408
+                return None
             self.end("a-no-answer", 408)
             return False
 
@@ -331,6 +348,9 @@ class ClickToCall(Call):
             branch.final = 502
             self.end("a-bad-answer", 502)
             return False
+        early = branch.early.get(response.to.tag or "")
+        if early is not None and early.local_seq is not None:
+            dialog.local_seq = max(dialog.local_seq or 0, early.local_seq)  # our PRACKs
         self.a_winner = branch
         self.a.destination = branch.destination
         self.a.dialog = dialog

@@ -408,6 +408,10 @@ class CallCore:
         """A dialling X reaches B showing X, and B reaches A; anyone else, or a number
         not bound now, gets 480 (the pool says nothing about who holds it)."""
         binding = await self.store.masked_binding(number, time.time())
+        if server.cancelled:  # the CANCEL came during the lookup: nobody rings
+            if not server.final_sent:
+                server.reply(487, "Request Terminated")
+            return
         ids = (
             {caller.number}
             if isinstance(caller, CarrierCaller)

@@ -12,13 +12,15 @@ import pytest
 import trio
 
 from gateway.calls.origination import CallRefused, ClickToCallState
-from gateway.sip.message import Request
+from gateway.sip.headers import parse_name_addr
+from gateway.sip.message import Headers, Request
 from gateway.store.model import Cdr
 from tests.integration.sipclient import (
     GatewaySettings,
     GatewayUnderTest,
     UdpPeer,
     sdp_offer,
+    via_value,
 )
 
 A = "+8613800138000"
@@ -164,3 +166,36 @@ async def test_b_can_be_an_app_user(gw: GatewayUnderTest, trunk: UdpPeer) -> Non
     # Toward the app the gateway offers SRTP (its policy), whatever A took.
     assert b"RTP/SAVP" in to_app.body
     app.close()
+
+
+async def test_a_re_invite_from_a_after_the_bridge_is_carried_to_b(
+    gw: GatewayUnderTest, trunk: UdpPeer
+) -> None:
+    # A puts B on hold: the re-INVITE crosses to B, and B's 200 comes back to A.
+    states = States()
+    call_id = await gw.running.core.click_to_call(partner="p", a=A, b=B, on_state=states)
+    to_a = await answer(trunk, gw, 41000)
+    to_b = await answer(trunk, gw, 41002)
+    await states.until(ClickToCallState.BRIDGED)
+    contact = parse_name_addr(to_a.headers.get("Contact") or "").uri
+    hold = Request("INVITE", str(contact), Headers())
+    hold.headers.add("Via", via_value("UDP", trunk.local))
+    hold.headers.add("Max-Forwards", "70")
+    hold.headers.add("From", f"{to_a.headers.get('To')};tag=t41000")
+    hold.headers.add("To", to_a.headers.get("From") or "")
+    hold.headers.add("Call-ID", to_a.call_id)
+    hold.headers.add("CSeq", "1 INVITE")
+    hold.headers.add("Contact", f"<sip:carrier@127.0.0.1:{trunk.local[1]}>")
+    hold.headers.add("Content-Type", "application/sdp")
+    hold.body = sdp_offer("127.0.0.1", 41000).replace(b"a=sendrecv", b"a=sendonly")
+    await trunk.send(hold, gw.udp4)
+    carried = await trunk.expect_request("INVITE", call_id=to_b.call_id)
+    assert b"a=sendonly" in carried.body  # the hold crosses as it was offered
+    contact_b = f"<sip:carrier@127.0.0.1:{trunk.local[1]}>"
+    answer_b = sdp_offer("127.0.0.1", 41002).replace(b"a=sendrecv", b"a=recvonly")
+    await trunk.reply(carried, 200, body=answer_b, contact=contact_b, to=gw.udp4)
+    await trunk.expect_request("ACK", call_id=to_b.call_id)
+    ok = await trunk.expect_response(hold)
+    assert ok.status == 200 and ok.headers.get("Contact")
+    assert gw.running.core.hangup(call_id)
+    assert await states.until(ClickToCallState.ENDED) == "api-delete"

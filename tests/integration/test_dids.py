@@ -156,3 +156,39 @@ async def test_national_called_number_and_asserted_caller_are_read_as_e164(
     [cdr] = await cdrs(gw, 1)
     assert cdr.caller == "+8613600136000"
     app.close()
+
+
+async def test_a_caller_that_never_prack_s_can_still_cancel_the_held_answer(
+    gw: GatewayUnderTest, trunk: UdpPeer
+) -> None:
+    # The carrier requires 100rel; the app rings and answers at once. Our 2xx waits for the
+    # PRACK of the reliable 180, which never comes: the carrier's CANCEL gets the INVITE a
+    # 487, the app is hung up, and the call was never answered (nor billed).
+    app = await UdpPeer.open(gw.udp4)
+    register = app.request("REGISTER", f"sip:{app.domain}", from_user="1002", to_user="1002")
+    assert (await app.with_auth(register, "1002")).status == 200
+    invite = carrier_invite(trunk, gw, NUMBERS["1002"])
+    invite.headers.add("Require", "100rel")
+    await trunk.send(invite, gw.udp4)
+    ringing = await app.expect_request("INVITE")
+    await app.reply(ringing, 180, to_tag="app", to=gw.udp4)
+    contact = f"<sip:1002@127.0.0.1:{app.local[1]}>"
+    body = sdp_offer("127.0.0.1", 43000)
+    await app.reply(ringing, 200, to_tag="app", body=body, contact=contact, to=gw.udp4)
+    await app.expect_request("ACK")
+    reliable = await trunk.expect_response(invite, final=False)
+    assert reliable.status == 180 and reliable.headers.get("RSeq")
+    cancel = Request("CANCEL", invite.uri, invite.headers.copy())
+    cancel.headers.set("CSeq", f"{invite.cseq.seq} CANCEL")
+    cancel.headers.remove("Content-Type")
+    cancel.body = b""
+    await trunk.send(cancel, gw.udp4)
+    assert (await trunk.expect_response(cancel)).status == 200
+    terminated = await trunk.expect_response(invite)
+    assert terminated.status == 487
+    await trunk.send(ack_for_failure(invite, terminated), gw.udp4)
+    bye = await app.expect_request("BYE")
+    await app.reply(bye, 200, to=gw.udp4)
+    [cdr] = await cdrs(gw, 1)
+    assert (cdr.disposition, cdr.end_reason, cdr.answer) == ("cancelled", "caller-cancel", None)
+    app.close()
