@@ -87,6 +87,7 @@ def config_text(
     media_min: int,
     no_answer_timeout: float,
     media_timeout: float,
+    extra: str = "",
 ) -> str:
     subscribers = "".join(
         f"""
@@ -121,6 +122,7 @@ def config_text(
         host = "127.0.0.1"
         port = {trunk_port}
         tariff_per_minute = "0.10"
+        {extra}
     """
 
 
@@ -147,7 +149,7 @@ class Lab:
         return self.gateway
 
     def start_gateway(
-        self, *, no_answer_timeout: float = 10.0, media_timeout: float = 5.0
+        self, *, no_answer_timeout: float = 10.0, media_timeout: float = 5.0, extra: str = ""
     ) -> GatewayProcess:
         tries = 3
         while True:
@@ -158,6 +160,7 @@ class Lab:
                 media_min=self.media_min,
                 no_answer_timeout=no_answer_timeout,
                 media_timeout=media_timeout,
+                extra=extra,
             )
             try:
                 self.gateway = self.stack.enter_context(gateway_process(self.tmp, text))
@@ -634,4 +637,32 @@ def test_a_carrier_requiring_100rel_gets_its_provisionals_reliably(lab: Lab) -> 
     assert prack_ok.status == 200
     cdr = lab.wait_cdr()
     assert (cdr["route"], cdr["caller"]) == ("app", "+8613700137000")
+    assert cdr["disposition"] == "answered"
+
+
+def test_least_cost_carrier_out_of_circuits_fails_over_to_the_next(lab: Lab) -> None:
+    # Two sipp carriers: "primary" (cheaper, +86138) answers 503 with Q.850 cause 34 (no
+    # circuit), a network cause: the call goes on to the test trunk, which answers.
+    primary_port = free_udp_port()
+    lab.start_gateway(
+        extra=f"""
+        [[trunks]]
+        name = "primary"
+        host = "127.0.0.1"
+        port = {primary_port}
+        prefixes = ["86138"]
+        price_per_minute = "0.01"
+        """
+    )
+    primary = lab.sipp("uas_reason_503", "primary", local_port=primary_port)
+    primary.start().wait_bound()
+    carrier = lab.carrier(rtp_echo=True)
+    uac = lab.caller("uac_call", CARRIER_NUMBER, duration_ms=300)
+    called = uac.start().wait()
+    assert called.ok, called.describe()
+    assert primary.wait(timeout=5).ok
+    behind = carrier.wait(timeout=5)
+    assert behind.ok, behind.describe()
+    cdr = lab.wait_cdr()
+    assert (cdr["trunk"], cdr["trunks_tried"]) == (TRUNK_NAME, ["primary", TRUNK_NAME]), cdr
     assert cdr["disposition"] == "answered"
