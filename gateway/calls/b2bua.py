@@ -35,6 +35,7 @@ gets 488 "T.38 Not Accepted By Other Leg" and the audio goes on.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import secrets
@@ -65,6 +66,7 @@ from gateway.media.relay import MediaSession, PortAllocator, PortsExhausted
 from gateway.sip.dialog import Dialog, DialogError, DialogState
 from gateway.sip.headers import CSeq
 from gateway.sip.identity import (
+    AssertedIdentity,
     IdentityError,
     Privacy,
     PrivacyError,
@@ -928,7 +930,7 @@ class Call:
         e164 = caller if _E164.fullmatch(caller) else None
         shown = to_trunk_number(caller, trunk.number_format, self._plan) if e164 else caller
         try:
-            identity = make_identity(shown, host, port=port, tel=e164)
+            identity = _identity(shown, host, port, e164)
             presentation = present_caller(
                 identity,
                 from_tag=leg.local_tag,
@@ -1030,6 +1032,8 @@ class Call:
     def _reliable(self, branch: Branch, response: Response) -> bool:
         """RFC 3262 on the callee side: PRACK each new reliable provisional; False for
         one already seen, out of order or unusable (it is not relayed again)."""
+        if response.status == 100 or not requires_100rel(response):
+            return True  # most provisionals: nothing to acknowledge
         if branch.reliable is None:
             branch.reliable = ReliableReceiver(branch.request)
         try:
@@ -1742,6 +1746,13 @@ class Call:
         assert destination is not None
         uri = self.host.endpoint.contact_uri(destination.transport, destination.address[0])
         response.headers.set("Contact", f"<{uri}>")
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity(user: str, host: str, port: int, e164: str | None) -> AssertedIdentity:
+    """The caller's asserted identity (frozen, so one per caller and address serves all
+    its calls; building it parses URIs, which a busy box should not redo per call)."""
+    return make_identity(user, host, port=port, tel=e164)
 
 
 def _family_of(host: str | None) -> socket.AddressFamily:

@@ -8,6 +8,7 @@ in the core's nursery, each in a nursery of its own.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import Counter
@@ -42,6 +43,24 @@ from gateway.transport.endpoint import ServerHandle, SipEndpoint
 from gateway.transport.flow import Destination, Flow
 
 log = structlog.get_logger("edgegw.core")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=65536)
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A source address, parsed once per address (every INVITE asks)."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
 
 KNOWN_METHODS = frozenset(
     {
@@ -129,6 +148,9 @@ class CallCore:
         self.tariffs = Tariffs.from_config(config)
         # Every partner's masked number, and whose pool it is in.
         self.masked_pools = {n: p.name for p in config.partners for n in p.masked_pool}
+        self._literal_trunks = {
+            t.name for t in config.trunks if t.resolve == "static" and _is_ip(t.host)
+        }
         self._trunk_networks = [
             (trunk, [ipaddress.ip_network(n, strict=False) for n in trunk.networks])
             for trunk in config.trunks
@@ -471,14 +493,14 @@ class CallCore:
     def _trunk_of(self, flow: Flow) -> TrunkConfig | None:
         """The trunk a request came from: its source in the trunk's ``networks``, or,
         without networks, exactly the trunk's host and port."""
-        try:
-            source = ipaddress.ip_address(flow.remote[0])
-        except ValueError:
-            return None
+        host, port = flow.remote[0], flow.remote[1]
         for trunk, networks in self._trunk_networks:
-            if networks and any(source in network for network in networks):
-                return trunk
-            if not networks and (trunk.host, trunk.port) == (flow.remote[0], flow.remote[1]):
+            if not networks:
+                if (trunk.host, trunk.port) == (host, port):
+                    return trunk
+                continue
+            address = _address(host)
+            if address is not None and any(address in network for network in networks):
                 return trunk
         return None
 
@@ -587,8 +609,8 @@ class CallCore:
 
     async def trunk_targets(self, trunk: TrunkConfig) -> list[Destination]:
         static = [Destination(trunk.transport, (trunk.host, trunk.port))]
-        if self.resolver is None:
-            return static
+        if self.resolver is None or trunk.name in self._literal_trunks:
+            return static  # an IP address at a port: nothing to look up
         try:
             found = await self.resolver.targets_for(trunk)
         except DnsError as exc:
