@@ -762,6 +762,7 @@ def _limits_problems(limits: LimitsConfig) -> Iterator[Problem]:
     if limits.cps_per_account < 1:
         yield "limits.cps_per_account", f"must be at least 1, got {limits.cps_per_account}"
     yield from _admission_problems(limits)
+    yield from _cents_problem("limits.daily_spend_per_account", limits.daily_spend_per_account)
 
 
 def _admission_problems(limits: LimitsConfig) -> Iterator[Problem]:
@@ -832,6 +833,13 @@ def _decimal_problem(key: str, value: str) -> Iterator[Problem]:
         yield key, f'must be a non-negative decimal string such as "12.50", got {value!r}'
 
 
+def _cents_problem(key: str, value: str) -> Iterator[Problem]:
+    """Money held in an account: a decimal in whole cents (the ledger keeps cents)."""
+    yield from _decimal_problem(key, value)
+    if re.fullmatch(r"[0-9]+\.[0-9]{3,}", value):
+        yield key, f"must be whole cents (2 decimals), got {value!r}"
+
+
 def _number_problems(key: str, numbers: list[str]) -> Iterator[Problem]:
     for j, number in enumerate(numbers):
         if not _E164.fullmatch(number):
@@ -867,7 +875,7 @@ def _subscriber_problems(
             yield from _number_problems(f"{key}.mobile", [sub.mobile])
             if sub.mobile in sub.numbers:
                 yield f"{key}.mobile", "must not be one of the subscriber's own numbers"
-        yield from _decimal_problem(f"{key}.balance", sub.balance)
+        yield from _cents_problem(f"{key}.balance", sub.balance)
 
 
 def _unique_name_problems(section: str, names: list[str]) -> Iterator[Problem]:
@@ -971,9 +979,7 @@ def _partner_problems(partners: list[PartnerConfig], http: HttpConfig) -> Iterat
             yield f"{key}.api_key", "must not be empty"
         elif partner.api_key.startswith(_DEMO_PREFIX) and not http_loopback:
             yield f"{key}.api_key", "demo keys are accepted only while HTTP listens on loopback"
-        yield from _decimal_problem(f"{key}.budget", partner.budget)
-        if re.fullmatch(r"[0-9]+\.[0-9]{3,}", partner.budget):
-            yield f"{key}.budget", f"must be whole cents (2 decimals), got {partner.budget!r}"
+        yield from _cents_problem(f"{key}.budget", partner.budget)
         yield from _number_problems(f"{key}.masked_pool", partner.masked_pool)
         if partner.callback_url and not re.fullmatch(
             r"https?://[^\s/?#@]+(/\S*)?", partner.callback_url

@@ -563,6 +563,19 @@ def listen(*hosts: str) -> str:
             " (also partners[0].masked_pool[0])",
         ),
         (
+            f'{SUBSCRIBER}balance = "10.005"',
+            "subscribers[0].balance: must be whole cents (2 decimals), got '10.005'",
+        ),
+        (
+            '[limits]\ndaily_spend_per_account = "0.001"',
+            "limits.daily_spend_per_account: must be whole cents (2 decimals), got '0.001'",
+        ),
+        (
+            '[limits]\ndaily_spend_per_account = "lots"',
+            "limits.daily_spend_per_account: must be a non-negative decimal string such as"
+            " \"12.50\", got 'lots'",
+        ),
+        (
             f'{PARTNER}masked_pool = ["017000000000"]',
             "partners[0].masked_pool[0]: must be E.164: '+' then 8 to 15"
             " digits, got '017000000000'",
