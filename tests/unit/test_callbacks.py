@@ -146,9 +146,14 @@ async def test_connection_refused_is_retried_until_the_receiver_is_up(
 
 
 async def test_order_is_kept_per_call_and_calls_do_not_wait_for_each_other(
-    nursery: trio.Nursery, sender: CallbackSender
+    nursery: trio.Nursery,
 ) -> None:
-    receiver = CallbackReceiver(SECRET, fail_first=2)
+    # Only a1's first try fails, and its retry waits 0.5 s: long enough on a loaded box
+    # for b1, submitted meanwhile, to go through first (with a shorter back-off the retry
+    # could come first, or b1 take the second failure, and the order says nothing).
+    sender = CallbackSender(RetryPolicy(attempts=5, first_delay=0.5, max_delay=1.0, timeout=2.0))
+    await nursery.start(sender.run)
+    receiver = CallbackReceiver(SECRET, fail_first=1)
     url = await receiver_at(nursery, receiver)
     for n in (1, 2, 3):
         sender.submit(Delivery("call-a", url, SECRET, b'{"a":%d}' % n))
