@@ -1,9 +1,18 @@
 """The gateway's SIP core: what each incoming request becomes (RFC 3261 8.2, 10.3, 12.2.2).
 
-New requests are screened (Max-Forwards, supported methods, credentials for
-anything that costs money) and become a registration, an OPTIONS answer or a
-call; requests inside a dialog go to the call that owns the dialog. Calls run
-in the core's nursery, each in a nursery of its own.
+New requests are screened (Max-Forwards, supported methods and extensions,
+bans, credentials for anything that costs money) and become a registration, an
+OPTIONS answer or a call; requests inside a dialog go to the call that owns the
+dialog. Calls run in the core's nursery, each in a nursery of its own.
+
+Where a call comes from decides how it is taken: an app user authenticates (RFC
+7616 digest) and is routed by :class:`~gateway.calls.router.Router`; a carrier
+trunk is known by its address and calls only our numbers (DIDs); a dialled
+masked number is looked up in the store first (a partner's binding). The core
+also places calls itself for partners (click-to-call, the ``CallOriginator`` of
+:mod:`gateway.calls.origination`), and serves what calls need from around them:
+trunk channels and health, DNS targets (RFC 3263), prepaid credit, admission
+limits (:mod:`gateway.calls.admission`) and the CDR with its ledger row.
 """
 
 from __future__ import annotations
