@@ -38,6 +38,9 @@ __all__ = [
     "LimitsConfig",
     "ListenConfig",
     "MediaConfig",
+    "NetworkConfig",
+    "NetworkInterfaceConfig",
+    "NetworkRouteConfig",
     "PartnerConfig",
     "RoutingConfig",
     "SipConfig",
@@ -51,7 +54,7 @@ __all__ = [
 ]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
-LogFormat = Literal["console", "json"]
+LogFormat = Literal["console", "json", "journald"]
 DigestAlgorithm = Literal["MD5", "SHA-256"]
 
 KNOWN_CODECS = ("PCMA", "PCMU", "G722", "G729", "opus")
@@ -85,6 +88,14 @@ class GeneralConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     # How often calls in progress are written to the store; a crash loses at most this
     # much of their duration (DESIGN rule 5).
     checkpoint_interval: float = 5.0
+    # The gateway's own log, besides stderr (empty: stderr only), rotated by size: at
+    # log_max_bytes it becomes FILE.1 (FILE.1 becomes FILE.2 ...), log_backups kept.
+    log_file: str = ""
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 5
+    # Free space kept on the var dir's filesystem: below it status shows disk_low and
+    # captures stop; CDRs are still written.
+    disk_reserve_mb: int = 100
 
     @property
     def var_path(self) -> Path:
@@ -371,6 +382,57 @@ class DnsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     timeout: float = 2.0
 
 
+NetworkRole = Literal["access", "carrier", "mgmt"]
+# The routing table of each role's policy routing when `table` is left at 0.
+ROLE_TABLES: dict[str, int] = {"access": 101, "carrier": 102, "mgmt": 103}
+
+
+class NetworkRouteConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    # "default" or a network such as 198.51.100.0/24.
+    to: str
+    # Next hop; empty: the destination is on the link.
+    via: str = ""
+    metric: int = 0
+    # Also in the main table, for the box's own traffic that has no role address as source.
+    main: bool = False
+
+
+class NetworkInterfaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    role: NetworkRole
+    # The physical interface; with `vlan` the addresses go on its sub-interface NAME.VLAN.
+    name: str
+    vlan: int = 0
+    addresses: list[str] = []
+    routes: list[NetworkRouteConfig] = []
+    # Policy routing: `ip rule from <address> lookup <table>` (0: ROLE_TABLES[role]),
+    # at priority `rule_priority` (0: 1000 + table).
+    table: int = 0
+    rule_priority: int = 0
+
+    @property
+    def link_name(self) -> str:
+        return f"{self.name}.{self.vlan}" if self.vlan else self.name
+
+    @property
+    def routing_table(self) -> int:
+        return self.table or ROLE_TABLES[self.role]
+
+    @property
+    def priority(self) -> int:
+        return self.rule_priority or 1000 + self.routing_table
+
+
+class NetworkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    # Empty: the box's network is not managed (`edgegw net apply` does nothing).
+    interfaces: list[NetworkInterfaceConfig] = []
+    # DSCP marks (RFC 4594): EF on RTP/RTCP, CS3 on SIP.
+    dscp_rtp: int = 46
+    dscp_sip: int = 24
+    # The nftables table `inet edgegw` per role; SSH is let in on mgmt only.
+    firewall: bool = True
+    ssh_port: int = 22
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     general: GeneralConfig = GeneralConfig()
     sip: SipConfig = SipConfig()
@@ -384,6 +446,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     partners: list[PartnerConfig] = []
     tariffs: list[TariffConfig] = []
     dns: DnsConfig = DnsConfig()
+    network: NetworkConfig = NetworkConfig()
 
     @property
     def control_socket_path(self) -> Path:
@@ -555,12 +618,19 @@ def _problems(config: Config) -> Iterator[Problem]:
     yield from _duplicate_number_problems(config)
     yield from _tariff_problems(config.tariffs)
     yield from _dns_problems(config.dns)
+    yield from _network_problems(config.network)
 
 
 def _general_problems(general: GeneralConfig) -> Iterator[Problem]:
     if not general.var_dir:
         yield "general.var_dir", "must not be empty"
     yield from _seconds_problem("general.checkpoint_interval", general.checkpoint_interval)
+    if general.log_max_bytes < 4096:
+        yield "general.log_max_bytes", f"must be at least 4096, got {general.log_max_bytes}"
+    if general.log_backups < 1:
+        yield "general.log_backups", f"must be at least 1, got {general.log_backups}"
+    if general.disk_reserve_mb < 0:
+        yield "general.disk_reserve_mb", f"must be 0 (off) or more, got {general.disk_reserve_mb}"
 
 
 def _is_ip(host: str) -> bool:
@@ -1158,3 +1228,75 @@ def _dns_problems(dns: DnsConfig) -> Iterator[Problem]:
                 reason = "must be an IP address, or " + reason.removeprefix("must be ")
             yield f"dns.servers[{i}]", reason
     yield from _seconds_problem("dns.timeout", dns.timeout)
+
+
+# -- [network] -------------------------------------------------------------------------------
+
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_RESERVED_TABLES = (253, 254, 255)  # default, main, local
+
+
+def _network_problems(network: NetworkConfig) -> Iterator[Problem]:
+    for key, dscp in (
+        ("network.dscp_rtp", network.dscp_rtp),
+        ("network.dscp_sip", network.dscp_sip),
+    ):
+        if not 0 <= dscp <= 63:
+            yield key, f"must be a DSCP value from 0 to 63, got {dscp}"
+    yield from _port_problem("network.ssh_port", network.ssh_port)
+    seen: dict[str, str] = {}
+    for i, interface in enumerate(network.interfaces):
+        key = f"network.interfaces[{i}]"
+        for what, value in (
+            ("role", interface.role),
+            ("link", interface.link_name),
+            ("table", str(interface.routing_table)),
+            ("rule priority", str(interface.priority)),
+        ):
+            ident = f"{what} {value}"
+            if ident in seen:
+                yield key, f"{ident} is also used by {seen[ident]}"
+            seen.setdefault(ident, key)
+        yield from _interface_problems(key, interface)
+
+
+def _interface_problems(key: str, interface: NetworkInterfaceConfig) -> Iterator[Problem]:
+    if not 0 <= interface.vlan <= 4094:
+        yield f"{key}.vlan", f"must be a VLAN id from 1 to 4094 (0: none), got {interface.vlan}"
+    if not _IFNAME.fullmatch(interface.link_name) or interface.link_name in (".", ".."):
+        yield (
+            f"{key}.name",
+            f"{interface.link_name!r} is not an interface name (1 to 15 letters, digits or . _ -)",
+        )
+    if interface.routing_table < 1 or interface.routing_table in _RESERVED_TABLES:
+        yield f"{key}.table", f"must be a table id other than 253, 254, 255, got {interface.table}"
+    if not 1 <= interface.priority <= 32765:
+        yield f"{key}.rule_priority", f"must be from 1 to 32765, got {interface.priority}"
+    for j, address in enumerate(interface.addresses):
+        try:
+            parsed = ipaddress.ip_interface(address)
+        except ValueError:
+            parsed = None
+        if parsed is None or "/" not in address:
+            yield f"{key}.addresses[{j}]", f"must be an address with prefix length, got {address!r}"
+        elif parsed.version != 4:
+            yield f"{key}.addresses[{j}]", f"only IPv4 addresses are managed, got {address!r}"
+    for j, route in enumerate(interface.routes):
+        yield from _route_problems(f"{key}.routes[{j}]", route)
+
+
+def _route_problems(key: str, route: NetworkRouteConfig) -> Iterator[Problem]:
+    if route.to != "default":
+        try:
+            if ipaddress.ip_network(route.to).version != 4:
+                yield f"{key}.to", f"only IPv4 routes are managed, got {route.to!r}"
+        except ValueError:
+            yield f"{key}.to", f'must be "default" or an IPv4 network, got {route.to!r}'
+    if route.via:
+        try:
+            if ipaddress.ip_address(route.via).version != 4:
+                yield f"{key}.via", f"must be an IPv4 address, got {route.via!r}"
+        except ValueError:
+            yield f"{key}.via", f"must be an IPv4 address, got {route.via!r}"
+    if not 0 <= route.metric <= 2**32 - 1:
+        yield f"{key}.metric", f"must be from 0 to 4294967295, got {route.metric}"

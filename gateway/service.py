@@ -28,10 +28,18 @@ from gateway.calls.registrar import ExpiryPolicy, Registrar
 from gateway.calls.trunk_health import TrunkMonitor
 from gateway.calls.trunk_registration import TrunkRegistrations
 from gateway.config import Config
+from gateway.control.capture import CaptureRegistry
 from gateway.control.cdr_query import CdrQuery, fetch_cdrs
+from gateway.control.diagnostics import diagnostics_handlers
+from gateway.control.disk import DiskMonitor, LogFileError, open_log_file
 from gateway.control.http import run_http
 from gateway.control.metrics import gateway_registry
+from gateway.control.operations import Operations
+from gateway.control.provisioning import Provisioning
+from gateway.control.reload import Reloader
+from gateway.control.sd_notify import Notifier
 from gateway.control.server import ControlServer
+from gateway.control.watchdog import feed_watchdog, stall_loop
 from gateway.logs import configure_logging
 from gateway.media.relay import PortAllocator
 from gateway.sip.auth import DigestServer
@@ -85,7 +93,7 @@ def tls_contexts(config: Config, directory: Path, tls_hosts: list[str]) -> TlsCo
 
 
 class Gateway:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
         self.config = config
         self.started = time.time()
         directory = var_dir(config)
@@ -95,7 +103,10 @@ class Gateway:
             self.store, ExpiryPolicy(sip.min_expires, sip.max_expires, sip.default_expires)
         )
         self.allocator = PortAllocator(
-            config.media.host, config.media.port_min, config.media.port_max
+            config.media.host,
+            config.media.port_min,
+            config.media.port_max,
+            dscp=config.network.dscp_rtp,
         )
         digest = DigestServer(
             sip.realm,
@@ -105,7 +116,12 @@ class Gateway:
         )
         # Media sockets of the other family, for calls bridging IPv4 and IPv6.
         self.allocator6 = (
-            PortAllocator(config.media.host6, config.media.port_min, config.media.port_max)
+            PortAllocator(
+                config.media.host6,
+                config.media.port_min,
+                config.media.port_max,
+                dscp=config.network.dscp_rtp,
+            )
             if config.media.host6
             else None
         )
@@ -122,6 +138,7 @@ class Gateway:
             handler=self.core,
             tls=tls,
             tls_contexts=tls_contexts(config, directory, [host for host, _port in tls]),
+            dscp=config.network.dscp_sip,
         )
         self.core.endpoint = self.endpoint
         # The partner API; its click-to-call calls are placed by the core.
@@ -133,9 +150,32 @@ class Gateway:
         self.trunk_monitor = TrunkMonitor(config.trunks, self.endpoint, self.dns)
         self.core.trunk_monitor = self.trunk_monitor  # routing skips trunks that are down
         self.trunk_registrations = TrunkRegistrations(config.trunks, self.endpoint, self.dns)
+        # systemd notify/watchdog, config reload and disk space (gateway.control.*).
+        self.notifier = Notifier.from_environment()
+        self.disk = DiskMonitor(directory, config.general.disk_reserve_mb)
+        self.reloader = Reloader(self, config_path)
+        # Field operations (status details, call show/hangup, regs, trunks, drain).
+        self.operations = Operations(self, base_status=self._status)
+        # Per-call packet captures under var/captures; they stop first when the disk fills.
+        self.captures = CaptureRegistry(
+            directory / "captures",
+            calls=self.core.calls,
+            endpoint=self.endpoint,
+            disk_low=self.disk.disk_low,
+        )
         self.control = ControlServer(
             control_socket_path(config),
-            {"status": self._status, "calls": self._calls, "cdr": self._cdr},
+            {
+                **self.captures.handlers(),
+                "config_reload": self.reloader.handle,
+                "debug_stall": stall_loop,
+                "calls": self._calls,
+                "cdr": self._cdr,
+                **self.operations.handlers(),
+                # Provisioning, backup and the diag bundle (gateway.control.provisioning).
+                **Provisioning(self.store, self.core, self.registrar, self.store.path).handlers(),
+                **diagnostics_handlers(lambda: self.config),
+            },
         )
         self._core_scope = trio.CancelScope()
 
@@ -158,10 +198,11 @@ class Gateway:
                 await nursery.start(self._signals, nursery.cancel_scope)
                 await nursery.start(self.endpoint.run)
                 nursery.start_soon(self._run_core)
+                await nursery.start(self.captures.run)
                 await nursery.start(self.control.serve)
                 await nursery.start(run_http, self.config, self.partners, self.metrics)
                 nursery.start_soon(self._checkpoints)
-                nursery.start_soon(self.trunk_monitor.run)
+                nursery.start_soon(self.reloader.trunk_watch.run)  # restarted by a reload
                 nursery.start_soon(self.trunk_registrations.run)
                 log.info(
                     "edgegw ready",
@@ -170,6 +211,13 @@ class Gateway:
                     media=f"{self.config.media.host}:{self.config.media.port_min}-"
                     f"{self.config.media.port_max}",
                 )
+                # SIP, control and HTTP are up (each started above): tell systemd, and feed
+                # its watchdog from this loop, so a stalled loop stops feeding it.
+                self.notifier.ready("serving")
+                if self.notifier.watchdog_interval is not None:
+                    nursery.start_soon(
+                        feed_watchdog, self.notifier, self.notifier.watchdog_interval
+                    )
         finally:
             with trio.CancelScope(shield=True):
                 await self._checkpoint_now()
@@ -185,11 +233,15 @@ class Gateway:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             task_status.started()
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reloader.on_sighup()  # a refusal is logged; serving goes on
+                    continue
                 log.info("stopping", signal=signal.Signals(signum).name, calls=len(self.core.calls))
                 break
+        self.notifier.stopping("ending calls")
         # Calls first, so their BYEs leave while the SIP sockets are still open.
         self._core_scope.cancel()
         await self.trunk_registrations.shutdown()  # Expires: 0 while SIP still runs
@@ -217,6 +269,7 @@ class Gateway:
             "version": __version__,
             "uptime": round(time.time() - self.started, 1),
             "draining": core.draining,
+            **self.disk.snapshot(),  # disk_low: captures stop, CDRs are still written
             "sip_listen": [f"{e.transport}:{e.host}:{e.port}" for e in self.config.sip.listen],
             "registrations": self.registrar.count(),
             "active_calls": len(core.calls),
@@ -246,16 +299,25 @@ class Gateway:
         return [msgspec.to_builtins(cdr) for cdr in cdrs]
 
 
-def run(config: Config) -> int:
-    """Run the gateway in the foreground until SIGTERM/SIGINT; the process exit code."""
+def run(config: Config, config_path: Path | None = None) -> int:
+    """Run the gateway in the foreground until SIGTERM/SIGINT; the process exit code.
+    `config_path` is the file `config` came from, read again by a reload (SIGHUP)."""
     configure_logging(config.general.log_level, config.general.log_format)
+    try:
+        log_file = open_log_file(config.general)
+    except LogFileError as exc:
+        log.error("cannot start", error=str(exc))
+        return 1
     failures: list[OSError] = []
     try:
-        trio.run(Gateway(config).serve)
+        trio.run(Gateway(config, config_path).serve)
     except* OSError as group:
         # A socket that cannot be bound fails inside a nursery, so it arrives wrapped in
         # (possibly nested) exception groups; the operator gets the errors, not a traceback.
         failures = _leaf_errors(group)
+    finally:
+        if log_file is not None:
+            log_file.close()
     if failures:
         log.error("cannot start", error="; ".join(str(exc) for exc in failures))
         return 1

@@ -58,6 +58,7 @@ from gateway.calls.call_media import (
     transcode_settings,
     trunk_policy,
 )
+from gateway.calls.call_quality import measure
 from gateway.calls.negotiation import LegPolicy, NegotiationError, Side
 from gateway.calls.registrar import destination_of
 from gateway.calls.router import AppRoute, TrunkRoute, number_plan
@@ -530,6 +531,7 @@ class Call:
             "callee_call_id": record.callee_call_id,
             "media": self.media.stats(),
             "fax": None if self.fax is None else self.fax.summary(),
+            "quality": measure(self.call_media).as_dict(),
         }
 
     # ---- the call's life ---------------------------------------------------------------
@@ -610,6 +612,7 @@ class Call:
                 continue
             if leg.dialog.state is DialogState.CONFIRMED:  # early: no 2xx went out, no BYE
                 self._send_bye(leg)
+        self.record.quality = measure(self.call_media)  # for the CDR
 
     def _send_bye(self, leg: Leg) -> None:
         assert leg.dialog is not None and leg.destination is not None
@@ -671,6 +674,14 @@ class Call:
         if self.server.cancelled:  # the CANCEL came before the call started: nobody rings
             self._refuse(487, "Request Terminated", "caller-cancel")
             return False
+        log.info(
+            "call started",
+            call=self.id,
+            leg="a",
+            sip_call_id=self.a.call_id,
+            caller=self.record.caller,
+            callee=self.record.callee,
+        )
         offer = self._offer()
         if offer is None:
             return False
@@ -1251,7 +1262,7 @@ class Call:
     def _mark_answered(self, response: Response, now: float) -> None:
         """Both legs are up: the callee's session timer, media latching, the record."""
         self.b.timer = self._new_timer()
-        _apply_session_expires(self.b.timer, response)
+        _apply_session_expires(self.b.timer, response, self.id)
         self.b.timer.refreshed(now)
         self.b.peer_allows_update = _allows(response, "UPDATE")
         self.media.open_latch_window("a")
@@ -1269,6 +1280,8 @@ class Call:
         log.info(
             "call answered",
             call=self.id,
+            leg="b",
+            sip_call_id=self.b.call_id,
             caller=self.record.caller,
             callee=self.record.callee,
             route=self.record.route,
@@ -1412,7 +1425,7 @@ class Call:
         if method == "INVITE" and 200 <= final.status < 300:
             self.host.endpoint.send_ack(leg.dialog.create_ack(final.cseq.seq), leg.destination)
         if 200 <= final.status < 300:
-            _apply_session_expires(leg.timer, final)
+            _apply_session_expires(leg.timer, final, self.id)
             leg.timer.refreshed(trio.current_time())
         elif final.status in (408, 481):
             self.end("session-refresh-failed", final.status)
@@ -1457,6 +1470,7 @@ class Call:
             server.reply(200)
             leg.bye_done = True
             self._note_reason(request)
+            log.info("bye received", call=self.id, leg=leg.name, sip_call_id=leg.call_id)
             self.end("caller-bye" if leg is self.a else "callee-bye")
         elif method == "OPTIONS":
             ok = make_response(request, 200)
@@ -1671,7 +1685,7 @@ class Call:
         if isinstance(final, Response) and 200 <= final.status < 300:
             self.host.endpoint.send_ack(leg.dialog.create_ack(final.cseq.seq), leg.destination)
             if leg.timer is not None:  # a re-INVITE refreshes the session too (RFC 4028)
-                _apply_session_expires(leg.timer, final)
+                _apply_session_expires(leg.timer, final, self.id)
                 leg.timer.refreshed(trio.current_time())
         return final
 
@@ -1797,13 +1811,13 @@ def _glare_backoff(*, owner: bool) -> float:
     return tens / 100
 
 
-def _apply_session_expires(timer: SessionTimer, response: Response) -> None:
+def _apply_session_expires(timer: SessionTimer, response: Response, call: str) -> None:
     """A 2xx's Session-Expires; one that does not parse is read as absent (RFC 4028 7.2:
     the peer does not do session timers, so we refresh at our own interval)."""
     try:
         timer.on_response(response)
     except SessionTimerError as exc:
-        log.info("bad Session-Expires in a 2xx ignored", reason=str(exc))
+        log.info("bad Session-Expires in a 2xx ignored", call=call, reason=str(exc))
         timer.we_refresh = True
 
 

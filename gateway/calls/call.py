@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+import msgspec
+
+from gateway.media.quality import CallQuality
 from gateway.store.model import ActiveCall, Cdr
 
 
@@ -57,6 +60,7 @@ class CallRecord:
     partner: str | None = None  # the partner whose API or masked number made the call
     q850_cause: int | None = None  # why the callee side failed or ended (RFC 3326 Reason)
     reason_text: str | None = None
+    quality: CallQuality | None = None  # per-leg quality at the end, for the CDR
 
     def finish(self, reason: str, status: int | None = None) -> None:
         if self.end is not None:
@@ -76,7 +80,7 @@ class CallRecord:
 
     def cdr(self) -> Cdr:
         end = self.end if self.end is not None else time.time()
-        return Cdr(
+        cdr = Cdr(
             id=self.id,
             caller=self.caller,
             callee=self.callee,
@@ -96,6 +100,19 @@ class CallRecord:
             q850_cause=self.q850_cause,
             reason_text=self.reason_text,
         )
+        return msgspec.structs.replace(cdr, **self._quality_fields())
+
+    def _quality_fields(self) -> dict[str, float | None]:
+        quality = self.quality
+        if quality is None:
+            return {}
+        fields: dict[str, float | None] = {}
+        for leg in (quality.a, quality.b):
+            fields[f"mos_{leg.leg}"] = leg.mos
+            fields[f"loss_{leg.leg}"] = leg.loss_pct
+            fields[f"jitter_{leg.leg}"] = leg.jitter_ms
+            fields[f"rtt_{leg.leg}"] = leg.rtt_ms
+        return fields
 
     def checkpoint(self, now: float) -> ActiveCall:
         return ActiveCall(

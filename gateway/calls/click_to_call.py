@@ -364,7 +364,7 @@ class ClickToCall(Call):
             return False
         self._a_body = response.body
         self.a.timer = self._new_timer()
-        _apply_session_expires(self.a.timer, response)
+        _apply_session_expires(self.a.timer, response, self.id)
         self.a.timer.refreshed(trio.current_time())
         log.info("A answered, calling B", call=self.id, a=self.record.caller)
         return True

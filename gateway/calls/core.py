@@ -21,6 +21,7 @@ import functools
 import ipaddress
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -46,7 +47,7 @@ from gateway.sip.message import Request, Response, make_response
 from gateway.sip.reliable import bad_extension, unsupported_tags
 from gateway.sip.uri import SipUri, TelUri, UriError
 from gateway.store.base import Store
-from gateway.store.model import Subscriber
+from gateway.store.model import Cdr, Subscriber
 from gateway.transport.dns import DnsError, Resolver
 from gateway.transport.endpoint import ServerHandle, SipEndpoint
 from gateway.transport.flow import Destination, Flow
@@ -146,6 +147,8 @@ class CallCore:
         self.calls: dict[str, Call] = {}
         self.dialogs: dict[tuple[str, str], tuple[Call, str]] = {}
         self.stats = CoreStats()
+        # Told of every finished call with its CDR (metrics); must not block or raise.
+        self.call_observers: list[Callable[[Call, Cdr], None]] = []
         # Calls holding each trunk (least-cost routing skips a trunk at max_channels).
         self.channels: dict[str, int] = {}
         # Trunk health (OPTIONS pings): set by the service when trunks are pinged.
@@ -183,8 +186,8 @@ class CallCore:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            if self.admission.watches_load:
-                nursery.start_soon(sample_load, self.admission.load)
+            # Sampled even with no load limit set: /metrics shows the event-loop lag.
+            nursery.start_soon(sample_load, self.admission.load)
             task_status.started()
             await trio.sleep_forever()
 
@@ -729,4 +732,6 @@ class CallCore:
             end_reason=cdr.end_reason,
             duration=cdr.duration,
         )
+        for observe in self.call_observers:  # before any await: see metrics.CallOutcomes
+            observe(call, cdr)
         await self.store.settle_call(cdr, charge)  # the CDR and its ledger row together

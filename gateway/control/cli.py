@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ import click
 import msgspec
 from click.core import ParameterSource
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from gateway import __version__
@@ -157,7 +159,7 @@ def run(options: _GlobalOptions, config_path: Path | None) -> None:
     # The service pulls in the whole SIP and media stack; only `run` needs it.
     from gateway import service
 
-    raise click.exceptions.Exit(service.run(config))
+    raise click.exceptions.Exit(service.run(config, path))
 
 
 @cli.group("config")
@@ -316,22 +318,44 @@ def _all_dicts(result: Any) -> bool:
 def status(
     options: _GlobalOptions, socket_path: Path | None, config_path: Path | None, as_json: bool
 ) -> None:
-    """Show the running gateway's status."""
+    """Show the running gateway's status: calls, trunks, CPU, memory, drops, refusals."""
     result = _call(resolve_socket(options, socket_path, config_path), "status")
     if as_json or not isinstance(result, dict):
         _print_json(result)
         return
-    _console().print(status_table(result))
+    print_status(result)
 
 
 @cli.command()
+@click.option("--watch", is_flag=True, help="Refresh the list until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="With --watch: seconds between refreshes.",
+)
+@click.option("--count", type=click.IntRange(min=1), help="With --watch: stop after N refreshes.")
 @_socket_options
-@click.pass_obj
+@click.pass_context
 def calls(
-    options: _GlobalOptions, socket_path: Path | None, config_path: Path | None, as_json: bool
+    ctx: click.Context,
+    watch: bool,
+    interval: float,
+    count: int | None,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
 ) -> None:
-    """List the calls in progress."""
-    result = _call(resolve_socket(options, socket_path, config_path), "calls")
+    """List the calls in progress; --watch keeps the list live (--json: a line per refresh)."""
+    path = resolve_socket(ctx.obj, socket_path, config_path)
+    if watch:
+        watch_calls(path, as_json, interval, count)
+        return
+    for name in ("interval", "count"):
+        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT:
+            raise click.UsageError(f"--{name} applies only with --watch", ctx)
+    result = _call(path, "calls")
     if as_json or not _all_dicts(result):
         _print_json(result)
         return
@@ -580,6 +604,994 @@ def cdr_export(
     except OSError as exc:
         _fail(f"cannot write {output}: {exc.strerror or exc}")
     click.echo(f"{output}: {len(cdrs)} CDRs", err=True)
+
+
+# ---- operations (status details, live calls, call show/hangup, regs, trunks, drain) ----
+
+REG_COLUMNS = ("aor", "contact", "source", "transport", "expires_in", "user_agent")
+TRUNK_COLUMNS = (
+    "name",
+    "address",
+    "transport",
+    "health",
+    "last_rtt_ms",
+    "registration",
+    "channels",
+    "max_channels",
+)
+# `edgegw call show`: the call's own fields, then one row per leg figure.
+CALL_FIELDS = (
+    "id",
+    "caller",
+    "callee",
+    "route",
+    "trunk",
+    "state",
+    "start",
+    "answer",
+    "duration",
+    "transcoding",
+)
+LEG_FIELDS = (
+    "sip_call_id",
+    "local",
+    "remote",
+    "latched",
+    "codec",
+    "payload_type",
+    "ptime",
+    "srtp",
+    "packets_in",
+    "packets_out",
+    "bytes_in",
+    "bytes_out",
+    "rtcp_packets_in",
+    "rtcp_packets_out",
+    "drops",
+    "lost",
+    "jitter_ms",
+    "remote_fraction_lost",
+    "remote_jitter_ms",
+    "rtt_ms",
+    "loss_pct",
+    "mos",
+)
+
+
+def _is_rows(value: Any) -> bool:
+    return bool(value) and _all_dicts(value)
+
+
+def _columns_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    return list(columns)
+
+
+def print_status(result: Mapping[str, Any]) -> None:
+    """The status as a key/value table, then a table for each list section (trunks...)."""
+    console = _console()
+    if result.get("draining"):
+        console.print("[bold yellow]DRAINING[/]: new calls get 503; calls in progress go on")
+    console.print(status_table({k: v for k, v in result.items() if not _is_rows(v)}))
+    for key, value in result.items():
+        if _is_rows(value):
+            console.print(rows_table(key.replace("_", " "), _columns_of(value), value))
+
+
+def _calls_table(result: list[dict[str, Any]], title: str = "active calls") -> Table:
+    now = time.time()
+    return rows_table(title, CALL_COLUMNS, [_with_live_duration(call, now) for call in result])
+
+
+def watch_calls(path: Path, as_json: bool, interval: float, count: int | None) -> None:
+    """Show the calls every ``interval`` seconds until Ctrl-C (or ``count`` refreshes).
+
+    A terminal gets one table redrawn in place; a pipe gets a table per refresh, and
+    ``--json`` one JSON document per line per refresh.
+    """
+    console = _console()
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    shown = 0
+    try:
+        if live is not None:
+            live.start()
+        while count is None or shown < count:
+            if shown:
+                time.sleep(interval)
+            result = _call(path, "calls")
+            shown += 1
+            if as_json or not _all_dicts(result):
+                click.echo(json.dumps(result, ensure_ascii=False))
+                continue
+            title = f"active calls at {datetime.now().strftime('%H:%M:%S')} (Ctrl-C stops)"
+            table = _calls_table(result, title)
+            if live is not None:
+                live.update(table, refresh=True)
+            else:
+                console.print(table)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch ends: not a failure
+    finally:
+        if live is not None:
+            live.stop()
+
+
+def call_tables(detail: Mapping[str, Any]) -> tuple[Table, Table]:
+    """`edgegw call show`: the call's fields, and its two legs side by side."""
+    call = Table(title=f"call {detail.get('id')}", show_header=False)
+    call.add_column("key", style="bold")
+    call.add_column("value")
+    for key in CALL_FIELDS:
+        call.add_row(_header(key), format_cell(key, detail.get(key)))
+    legs_of = detail.get("legs")
+    legs: Mapping[str, Any] = legs_of if isinstance(legs_of, Mapping) else {}
+    table = Table(title="legs")
+    table.add_column("")
+    sides = [side for side in ("a", "b") if isinstance(legs.get(side), Mapping)]
+    for side in sides:
+        table.add_column(f"{side} ({legs[side].get('role', '?')})")
+    for key in LEG_FIELDS:
+        table.add_row(key.replace("_", " "), *(format_cell(key, legs[s].get(key)) for s in sides))
+    return call, table
+
+
+@cli.group("call")
+def call_group() -> None:
+    """Inspect or end one call in progress (ids as `edgegw calls` lists them)."""
+
+
+@call_group.command("show")
+@click.argument("call_id", metavar="ID")
+@_socket_options
+@click.pass_obj
+def call_show(
+    options: _GlobalOptions,
+    call_id: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Both legs of call ID: addresses, codecs, SRTP, packets, loss, jitter, RTT, MOS.
+
+    Loss, jitter and RTT come from the gateway's own RTCP, which it runs on transcoded
+    calls; a relayed call passes RTCP end to end and shows '-' there. Exits 1 when no
+    call in progress has that id.
+    """
+    result = _call(resolve_socket(options, socket_path, config_path), "call show", id=call_id)
+    if as_json or not isinstance(result, dict):
+        _print_json(result)
+        return
+    console = _console()
+    for table in call_tables(result):
+        console.print(table)
+
+
+@call_group.command("hangup")
+@click.argument("call_id", metavar="ID")
+@_socket_options
+@click.pass_obj
+def call_hangup(
+    options: _GlobalOptions,
+    call_id: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """End call ID now: BYE (or CANCEL) to both legs. Exits 1 when there is no such call."""
+    result = _call(resolve_socket(options, socket_path, config_path), "call hangup", id=call_id)
+    if as_json:
+        _print_json(result)
+        return
+    click.echo(f"call {call_id}: hanging up both legs")
+
+
+@cli.command()
+@_socket_options
+@click.pass_obj
+def regs(
+    options: _GlobalOptions, socket_path: Path | None, config_path: Path | None, as_json: bool
+) -> None:
+    """List the registrar's bindings (app users' registered contacts)."""
+    result = _call(resolve_socket(options, socket_path, config_path), "regs")
+    if as_json or not _all_dicts(result):
+        _print_json(result)
+        return
+    _console().print(rows_table("registrations", REG_COLUMNS, result))
+
+
+@cli.command()
+@_socket_options
+@click.pass_obj
+def trunks(
+    options: _GlobalOptions, socket_path: Path | None, config_path: Path | None, as_json: bool
+) -> None:
+    """List the carrier trunks: address, OPTIONS health, registration, channels in use."""
+    result = _call(resolve_socket(options, socket_path, config_path), "trunks")
+    if as_json or not _all_dicts(result):
+        _print_json(result)
+        return
+    _console().print(rows_table("trunks", TRUNK_COLUMNS, result))
+
+
+@cli.group("trunk")
+def trunk_group() -> None:
+    """Work with one carrier trunk."""
+
+
+def _ping_line(result: Mapping[str, Any]) -> str:
+    name, target = result.get("name"), result.get("target") or "?"
+    status, rtt = result.get("status"), result.get("rtt_ms")
+    if status is None:
+        return f"trunk {name}: no answer to OPTIONS ({result.get('error')}) from {target}"
+    line = f"trunk {name}: {status} from {target} in {rtt} ms"
+    return line if result.get("alive") else f"{line}: overloaded or in maintenance"
+
+
+@trunk_group.command("ping")
+@click.argument("name")
+@_socket_options
+@click.pass_obj
+def trunk_ping(
+    options: _GlobalOptions,
+    name: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Send trunk NAME a SIP OPTIONS now and show the answer and its round-trip time.
+
+    Exits 0 when the trunk answers, 1 when it does not (no answer, or 503) or when no
+    trunk has that name (the known names are listed).
+    """
+    result = _call(resolve_socket(options, socket_path, config_path), "trunk ping", name=name)
+    alive = isinstance(result, dict) and result.get("alive") is True
+    if as_json or not isinstance(result, dict):
+        _print_json(result)
+    elif alive:
+        click.echo(_ping_line(result))
+    else:
+        click.echo(f"edgegw: {_ping_line(result)}", err=True)
+    if not alive:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--off", is_flag=True, help="Stop draining: take new calls again.")
+@_socket_options
+@click.pass_obj
+def drain(
+    options: _GlobalOptions,
+    off: bool,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Take no new calls (INVITEs get 503 Draining); calls in progress go on to their end.
+
+    `edgegw status` shows "draining: yes" meanwhile; `edgegw drain --off` takes calls again.
+    """
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "drain", on=not off)
+    if as_json or not isinstance(result, dict):
+        _print_json(result)
+        return
+    active = result.get("active_calls")
+    if result.get("draining"):
+        click.echo(f"draining: new calls get 503; calls in progress go on ({active} now)")
+    else:
+        click.echo(f"not draining: taking new calls ({active} calls in progress)")
+
+
+# ---- network (net show, net apply) ----
+
+
+def _net_config(options: _GlobalOptions, config_path: Path | None) -> Config:
+    path = config_path or options.config
+    return _load_config(path) if path is not None else default_config()
+
+
+def _net_config_option(command: _F) -> _F:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Config file whose [network] section to use [default: the embedded default].",
+    )(command)
+
+
+@cli.group("net")
+def net_group() -> None:
+    """Network set-up of this box, by role (runs locally as root, not through the gateway)."""
+
+
+@net_group.command("show")
+@_net_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+@click.pass_obj
+def net_show(options: _GlobalOptions, config_path: Path | None, as_json: bool) -> None:
+    """Show each role's interface, addresses, routes and rules, and the firewall table."""
+    from gateway.net import firewall, setup
+
+    config = _net_config(options, config_path)
+    try:
+        state = setup.read_current()
+        present = firewall.current_table() is not None
+    except (OSError, firewall.FirewallError) as exc:
+        _fail(f"net show: {exc}")
+    report = setup.show_network(config, state, present)
+    if as_json:
+        _print_json(report)
+        return
+    if not report["managed"]:
+        click.echo("network not managed: the config's [network] section names no interfaces")
+    for role, info in report["roles"].items():
+        up = "up" if info["up"] else ("down" if info["present"] else "missing")
+        click.echo(f"{role}: {info['interface']} {up}, table {info['table']}")
+        click.echo(f"  addresses: {', '.join(info['addresses']) or '-'}")
+        for route in info["routes"]:
+            via = f" via {route['via']}" if route["via"] else ""
+            click.echo(f"  route {route['dst']}{via} dev {route['dev']} table {route['table']}")
+        for rule in info["rules"]:
+            click.echo(f"  rule {rule['priority']}: from {rule['from']} lookup {rule['table']}")
+    click.echo(
+        f"firewall table {report['firewall']['table']}: "
+        f"{'present' if report['firewall']['present'] else 'absent'}"
+    )
+
+
+@net_group.command("apply")
+@_net_config_option
+@click.option("--yes", is_flag=True, help="Apply the changes (without it they are only shown).")
+@click.option(
+    "--check-timeout",
+    type=click.FloatRange(min=0.0),
+    default=30.0,
+    show_default=True,
+    help="Seconds the gateway has to answer SIP OPTIONS on each role's address.",
+)
+@click.pass_obj
+def net_apply(
+    options: _GlobalOptions, config_path: Path | None, yes: bool, check_timeout: float
+) -> None:
+    """Show the changes the [network] config needs; with --yes apply them, check that the
+    gateway answers SIP OPTIONS on each role's address, and roll back if anything fails."""
+    from pyroute2 import IPRoute
+
+    from gateway.net import apply, check, plan, setup
+    from gateway.net.state import read_state
+
+    config = _net_config(options, config_path)
+    try:
+        with IPRoute() as ipr:
+            network_plan = setup.plan_network(config, read_state(ipr))
+            for line in network_plan.lines():
+                click.echo(line)
+            if not network_plan.managed:
+                click.echo(
+                    "network not managed: the config's [network] section names no interfaces"
+                )
+                return
+            if not yes:
+                click.echo(f"{len(network_plan.lines())} changes shown; apply them with --yes")
+                return
+            targets = check.sip_targets(config)
+            applied = setup.apply_network(
+                ipr, network_plan, check.sip_options_check(targets, check_timeout)
+            )
+    except plan.PlanError as exc:
+        _fail(f"net apply: {exc}")
+    except apply.ApplyError as exc:
+        _fail(f"net apply failed at {exc}")
+    except OSError as exc:
+        _fail(f"net apply: {exc}")
+    checked = ", ".join(str(target) for target in targets) or "no SIP listener on a role address"
+    click.echo(f"applied {len(applied)} changes; SIP OPTIONS answered: {checked}")
+
+
+# ---- config reload ----
+
+
+@config_group.command("reload")
+@_socket_options
+@click.pass_obj
+def config_reload(
+    options: _GlobalOptions, socket_path: Path | None, config_path: Path | None, as_json: bool
+) -> None:
+    """Make the running gateway read its config file again (as SIGHUP does).
+
+    Live changes (subscribers, trunks, partners, tariffs, routing, limits, per-call media
+    settings) apply to new calls at once; calls in progress go on unchanged. A file that is
+    invalid, or changes a key that needs a restart, is refused with the reason (exit 1) and
+    the gateway keeps its running config.
+    """
+    result = _call(resolve_socket(options, socket_path, config_path), "config_reload")
+    if as_json or not isinstance(result, dict):
+        _print_json(result)
+        return
+    changed = result.get("changed") or []
+    if not changed:
+        click.echo(f"{result.get('file')}: no change")
+        return
+    click.echo(f"{result.get('file')}: reloaded, {len(changed)} changed:")
+    for key in changed:
+        click.echo(f"  {key}")
+
+
+# ---- capture ----
+
+CAPTURE_COLUMNS = ("call_id", "state", "packets", "bytes", "file", "stop_reason", "note")
+
+
+@cli.group("capture")
+def capture_group() -> None:
+    """Packet captures of single calls: SIP and RTP/RTCP as pcap files (Wireshark, tshark)."""
+
+
+@capture_group.command("start")
+@click.argument("call_id", metavar="CALL-ID")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The pcap file to write (must not exist) [default: <var>/captures/ID-TIME.pcap].",
+)
+@_socket_options
+@click.pass_obj
+def capture_start(
+    options: _GlobalOptions,
+    call_id: str,
+    output: Path | None,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Capture call CALL-ID (an id from `edgegw calls`) until it ends or `capture stop`."""
+    # The gateway runs in its own directory: a relative name means the caller's.
+    target = str(output.absolute()) if output is not None else None
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "capture_start", call=call_id, output=target)
+    if as_json or not isinstance(result, dict):
+        _print_json(result)
+        return
+    click.echo(f"capturing call {result.get('call_id')} to {result.get('file')}")
+
+
+@capture_group.command("stop")
+@click.argument("call_id", metavar="CALL-ID")
+@_socket_options
+@click.pass_obj
+def capture_stop(
+    options: _GlobalOptions,
+    call_id: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Stop capturing call CALL-ID; returns once the file is complete."""
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "capture_stop", call=call_id)
+    if as_json or not isinstance(result, dict):
+        _print_json(result)
+        return
+    click.echo(
+        f"{result.get('file')}: {result.get('packets')} packets, {result.get('bytes')} bytes"
+    )
+    if result.get("note"):
+        click.echo(f"note: {result['note']}")
+
+
+@capture_group.command("list")
+@_socket_options
+@click.pass_obj
+def capture_list(
+    options: _GlobalOptions, socket_path: Path | None, config_path: Path | None, as_json: bool
+) -> None:
+    """List running and recent captures: call, file, packets, bytes, running or stopped."""
+    result = _call(resolve_socket(options, socket_path, config_path), "capture_list")
+    if as_json or not _all_dicts(result):
+        _print_json(result)
+        return
+    _console().print(rows_table("captures", CAPTURE_COLUMNS, result))
+
+
+# ---- provisioning (subscribers, balances, partners, numbers, backup, restore, diag) ----
+
+SUBSCRIBER_COLUMNS = (
+    "username",
+    "numbers",
+    "srtp",
+    "fallback",
+    "codecs",
+    "mobile",
+    "balance",
+    "registrations",
+)
+ACCOUNT_COLUMNS = ("account", "balance", "reserved")
+LEDGER_COLUMNS = ("id", "at", "amount", "balance_after", "reason", "call_id")
+PARTNER_COLUMNS = ("name", "balance", "pool_size", "bindings", "bill_user", "callbacks")
+NUMBER_COLUMNS = ("number", "owner", "state", "binding", "expires_at")
+_AMOUNT_TEXT = "a decimal of whole cents such as 10 or 12.50"
+_CONFIG_ONLY = (
+    "Trunks and partners (their keys, pools and initial budgets) are configured in the "
+    "config file only: edit it and run `edgegw config reload`; `edgegw trunks` shows trunks."
+)
+
+
+def _comma_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _amount(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    text = value.strip()
+    if not re.fullmatch(r"-?[0-9]{1,15}(\.[0-9]{1,2})?", text):
+        raise click.BadParameter(f"{value!r} is not {_AMOUNT_TEXT}", ctx, param)
+    return text
+
+
+def _account(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None or ":" not in value:
+        return value  # a bare name: the gateway looks it up
+    kind, _, name = value.partition(":")
+    if kind not in ("subscriber", "partner") or not name:
+        raise click.BadParameter(
+            f"{value!r}: write subscriber:NAME, partner:NAME or a bare NAME", ctx, param
+        )
+    return value
+
+
+def _subscriber_fields(command: _F) -> _F:
+    """The options `subscriber add` and `subscriber set` share (--password differs)."""
+    for option in reversed(
+        [
+            click.option(
+                "--numbers",
+                callback=_comma_list,
+                metavar="E164[,E164...]",
+                help='Numbers it owns, e.g. +8613900139003 ("" for none; set replaces all).',
+            ),
+            click.option(
+                "--srtp",
+                type=click.Choice(["mandatory", "optional", "off"]),
+                help="SRTP policy toward its app [add: optional].",
+            ),
+            click.option(
+                "--fallback/--no-fallback",
+                default=None,
+                help="Call its number through a carrier when the app is not there [add: on].",
+            ),
+            click.option(
+                "--codecs",
+                callback=_comma_list,
+                metavar="CODEC[,CODEC...]",
+                help='Codec preference toward its app ("": the gateway\'s media.app_codecs).',
+            ),
+            click.option(
+                "--mobile",
+                metavar="E164",
+                help='Its own phone, for carrier calls while the app is offline ("": none).',
+            ),
+        ]
+    ):
+        command = option(command)
+    return _socket_options(command)
+
+
+def _print_notes(result: Any) -> None:
+    if isinstance(result, dict):
+        for note in result.get("notes") or []:
+            click.echo(f"note: {note}", err=True)
+
+
+def _listed(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Lists shown comma-separated in a table cell."""
+    return {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
+
+
+def _show_rows(result: Any, as_json: bool, title: str, columns: Sequence[str]) -> None:
+    if as_json or not _all_dicts(result):
+        _print_json(result)
+        return
+    _console().print(rows_table(title, columns, [_listed(row) for row in result]))
+
+
+def _subscriber_line(verb: str, sub: Mapping[str, Any]) -> str:
+    numbers = ", ".join(sub.get("numbers") or []) or "no numbers"
+    return (
+        f"subscriber {sub.get('username')} {verb}: {numbers}; srtp {sub.get('srtp')}, "
+        f"fallback {format_cell('fallback', sub.get('fallback'))}, "
+        f"balance {format_cell('balance', sub.get('balance'))}"
+    )
+
+
+@cli.group("subscriber")
+def subscriber_group() -> None:
+    """App users: list, add, set, remove. A change applies at once, without a restart.
+
+    Balances change through `edgegw balance topup`. Passwords are never shown.
+    """
+
+
+@subscriber_group.command("list")
+@_socket_options
+@click.pass_obj
+def subscriber_list(
+    options: _GlobalOptions, socket_path: Path | None, config_path: Path | None, as_json: bool
+) -> None:
+    """List the subscribers, their numbers, policies, balance and registrations."""
+    result = _call(resolve_socket(options, socket_path, config_path), "subscriber list")
+    _show_rows(result, as_json, "subscribers", SUBSCRIBER_COLUMNS)
+
+
+def _changes(**fields: Any) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+@subscriber_group.command("add")
+@click.argument("username")
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    help="Its digest password [asked for when not given].",
+)
+@_subscriber_fields
+@click.pass_obj
+def subscriber_add(
+    options: _GlobalOptions,
+    /,
+    username: str,
+    password: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+    **fields: Any,
+) -> None:
+    """Add subscriber USERNAME (1 to 64 letters, digits or . _ ~ + -)."""
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(
+        path, "subscriber add", username=username, password=password, **_changes(**fields)
+    )
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(_subscriber_line("added", result))
+    _print_notes(result)
+
+
+@subscriber_group.command("set")
+@click.argument("username")
+@click.option("--password", help="A new digest password.")
+@_subscriber_fields
+@click.pass_obj
+def subscriber_set(
+    options: _GlobalOptions,
+    /,
+    username: str,
+    password: str | None,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+    **fields: Any,
+) -> None:
+    """Change subscriber USERNAME: only the options given change."""
+    changes = _changes(password=password, **fields)
+    if not changes:
+        raise click.UsageError(
+            "nothing to change: give --password, --numbers, --srtp, --fallback/--no-fallback, "
+            "--codecs or --mobile"
+        )
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "subscriber set", username=username, **changes)
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(_subscriber_line("changed", result))
+    _print_notes(result)
+
+
+@subscriber_group.command("remove")
+@click.argument("username")
+@_socket_options
+@click.pass_obj
+def subscriber_remove(
+    options: _GlobalOptions,
+    username: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Remove subscriber USERNAME: its registrations go and new requests are refused."""
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "subscriber remove", username=username)
+    if as_json:
+        _print_json(result)
+    else:
+        dropped = result.get("registrations_dropped") if isinstance(result, dict) else None
+        click.echo(f"subscriber {username} removed ({dropped} registrations dropped)")
+    _print_notes(result)
+
+
+@cli.group("balance")
+def balance_group() -> None:
+    """Prepaid accounts: subscribers' balances and partners' subsidy budgets.
+
+    ACCOUNT is subscriber:NAME or partner:NAME (a bare NAME when only one account has it).
+    """
+
+
+@balance_group.command("show")
+@click.argument("account", required=False, callback=_account)
+@_socket_options
+@click.pass_obj
+def balance_show(
+    options: _GlobalOptions,
+    account: str | None,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Show ACCOUNT's balance and what its calls hold; every account when none is given."""
+    path = resolve_socket(options, socket_path, config_path)
+    if account is None:
+        _show_rows(_call(path, "balance show"), as_json, "accounts", ACCOUNT_COLUMNS)
+        return
+    result = _call(path, "balance show", account=account)
+    if as_json or not isinstance(result, dict):
+        _print_json(result)
+        return
+    _console().print(status_table(result))
+
+
+@balance_group.command("topup")
+@click.argument("account", metavar="subscriber:NAME|partner:NAME", callback=_account)
+@click.argument("amount", callback=_amount)
+@click.option(
+    "--reason",
+    type=click.Choice(["topup", "adjustment"]),
+    default="topup",
+    show_default=True,
+    help="topup: AMOUNT > 0; adjustment: either sign (a negative AMOUNT goes after `--`).",
+)
+@_socket_options
+@click.pass_obj
+def balance_topup(
+    options: _GlobalOptions,
+    account: str,
+    amount: str,
+    reason: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Add AMOUNT to ACCOUNT, with a ledger row; calls in progress can use it at once."""
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "balance topup", account=account, amount=amount, reason=reason)
+    if as_json or not isinstance(result, dict):
+        _print_json(result)
+        return
+    click.echo(f"{result.get('account')}: {reason} {amount}, balance now {result.get('balance')}")
+
+
+@balance_group.command("ledger")
+@click.argument("account", callback=_account)
+@click.option(
+    "--since",
+    metavar="ISO-or-epoch",
+    callback=_time_option,
+    help="Only changes at or after this time.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Most rows to show.",
+)
+@_socket_options
+@click.pass_obj
+def balance_ledger(
+    options: _GlobalOptions,
+    account: str,
+    since: float | None,
+    limit: int,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """List ACCOUNT's balance changes (provision, topup, adjustment, call), newest first."""
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "balance ledger", account=account, since=since, limit=limit)
+    if not as_json and _all_dicts(result):
+        result = [{**row, "at": format_cell("time", row.get("at"))} for row in result]
+    _show_rows(result, as_json, f"ledger of {account}", LEDGER_COLUMNS)
+
+
+@cli.group("partner", help=f"Partner platforms (read-only here). {_CONFIG_ONLY}")
+def partner_group() -> None:
+    pass
+
+
+@partner_group.command("list")
+@_socket_options
+@click.pass_obj
+def partner_list(
+    options: _GlobalOptions, socket_path: Path | None, config_path: Path | None, as_json: bool
+) -> None:
+    """List partners: budget balance, masked-number pool size and live bindings (no keys)."""
+    result = _call(resolve_socket(options, socket_path, config_path), "partner list")
+    _show_rows(result, as_json, "partners", PARTNER_COLUMNS)
+
+
+@cli.group(
+    "number",
+    help="Numbers: subscribers' own and partners' masked-number pools. "
+    f"Change a subscriber's with `edgegw subscriber set NAME --numbers`. {_CONFIG_ONLY}",
+)
+def number_group() -> None:
+    pass
+
+
+@number_group.command("list")
+@_socket_options
+@click.pass_obj
+def number_list(
+    options: _GlobalOptions, socket_path: Path | None, config_path: Path | None, as_json: bool
+) -> None:
+    """List every number: its owner, and registered/offline (a subscriber's) or bound/free
+    (a partner pool's)."""
+    result = _call(resolve_socket(options, socket_path, config_path), "number list")
+    _show_rows(result, as_json, "numbers", NUMBER_COLUMNS)
+
+
+@cli.command("backup")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_socket_options
+@click.pass_obj
+def backup_command(
+    options: _GlobalOptions,
+    file: Path,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Copy the running gateway's store into FILE, online and consistent.
+
+    The copy is checked (SQLite integrity check, edgegw schema) before it replaces FILE;
+    FILE is readable by its owner only: it holds passwords. The gateway writes it, so its
+    directory must be writable by the gateway's user.
+    """
+    target = file.expanduser().absolute()
+    result = _call(resolve_socket(options, socket_path, config_path), "backup", target=str(target))
+    if as_json or not isinstance(result, dict):
+        _print_json(result)
+        return
+    click.echo(
+        f"{target}: schema {result.get('schema_version')}, {result.get('bytes')} bytes, "
+        f"integrity {result.get('integrity')}: {result.get('subscribers')} subscribers, "
+        f"{result.get('accounts')} accounts, {result.get('cdrs')} CDRs "
+        f"({result.get('seconds')} s)"
+    )
+
+
+def _config_or_default(options: _GlobalOptions, config_path: Path | None) -> tuple[Config, str]:
+    path = config_path or options.config
+    if path is None:
+        return default_config(), "the embedded default config"
+    return _load_config(path), str(path)
+
+
+def _refuse_if_running(path: Path) -> None:
+    try:
+        ControlClient(path, timeout=3.0).call("status")
+    except GatewayNotRunning:
+        return
+    except ControlError as exc:
+        _fail(f"restore: something answers on the control socket {path} ({exc}): stop it first")
+    _fail(
+        f"restore: the gateway is running (it answers on {path}): stop it first "
+        "(`systemctl stop edgegw`, or Ctrl-C where `edgegw run` runs), then restore"
+    )
+
+
+@cli.command("restore")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_socket_options
+@click.pass_obj
+def restore_command(
+    options: _GlobalOptions,
+    file: Path,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Put backup FILE in place as the store of a STOPPED gateway.
+
+    --config names the box's config (where its store and control socket are; default: the
+    embedded default, ./var). Refused while the gateway answers on its control socket. The
+    file must be an intact edgegw store of a schema this version understands; the current
+    store is kept as edgegw.sqlite.before-restore.
+    """
+    from gateway.store.backup import StoreFileError, restore_store, store_path
+
+    config, _source = _config_or_default(options, config_path)
+    _refuse_if_running(resolve_socket(options, socket_path, config_path))
+    try:
+        result = restore_store(file, store_path(config))
+    except StoreFileError as exc:
+        _fail(f"restore: {exc}")
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    info = result.restored
+    click.echo(
+        f"restored {file} into {result.store}: schema {info.schema_version}, "
+        f"{info.subscribers} subscribers, {info.accounts} accounts, {info.cdrs} CDRs"
+    )
+    if result.kept:
+        click.echo(f"the previous store is kept as {result.kept}")
+    if result.earlier_kept:
+        click.echo(f"an earlier {Path(result.kept or '').name} was renamed {result.earlier_kept}")
+
+
+@cli.group("diag")
+def diag_group() -> None:
+    """Diagnostics to hand to support."""
+
+
+@diag_group.command("bundle")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The .tar.gz to write [default: ./edgegw-diag-HOST-TIME.tar.gz].",
+)
+@_socket_options
+@click.pass_obj
+def diag_bundle(
+    options: _GlobalOptions,
+    output: Path | None,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Write one .tar.gz: config (secrets masked), logs, status, calls, recent CDRs, network
+    state and versions. Works when the gateway is stopped too (from --config and its files),
+    and its README.txt says what is missing and why."""
+    from gateway.control.diagnostics import Bundle, bundle_steps, default_bundle_name, write_bundle
+
+    config, source = _config_or_default(options, config_path)
+    path = resolve_socket(options, socket_path, config_path)
+    bundle = Bundle(config, source, ControlClient(path))
+    steps = bundle_steps(bundle)
+    if sys.stderr.isatty():
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("diag bundle", total=len(steps))
+            for label, step in steps:
+                progress.update(task, description=label)
+                step(bundle)
+                progress.advance(task)
+    else:
+        for _label, step in steps:
+            step(bundle)
+    made = time.time()
+    target = output or Path(default_bundle_name(made))
+    try:
+        size = write_bundle(bundle, target, made)
+    except OSError as exc:
+        _fail(f"diag bundle: cannot write {target}: {exc.strerror or exc}")
+    running = "status.json" in bundle.files
+    if as_json:
+        _print_json(
+            {"path": str(target), "bytes": size, "files": sorted(bundle.files), "live": running}
+        )
+        return
+    state = "" if running else " (gateway not running: no live parts, see its README.txt)"
+    click.echo(f"{target}: {len(bundle.files) + 1} files, {size} bytes{state}")
 
 
 def main() -> None:

@@ -222,7 +222,11 @@ class PartnerApi:
     def __init__(self, service: PartnerService, registry: CollectorRegistry) -> None:
         self.service = service
         self.registry = registry
-        self._keys = [(partner.api_key.encode(), partner) for partner in service.partners.values()]
+
+    @property
+    def _keys(self) -> list[tuple[bytes, PartnerConfig]]:
+        # Read each time: a config reload replaces the partners (gateway.control.reload).
+        return [(partner.api_key.encode(), partner) for partner in self.service.partners.values()]
 
     def authenticate(self, request: Request) -> PartnerConfig:
         scheme, _, key = request.headers.get("authorization", "").partition(" ")

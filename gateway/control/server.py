@@ -27,7 +27,7 @@ from gateway.control.protocol import (
     encode_response,
 )
 
-__all__ = ["MAX_SOCKET_PATH", "ControlServer", "ControlSocketInUse", "Handler"]
+__all__ = ["MAX_SOCKET_PATH", "CommandRefused", "ControlServer", "ControlSocketInUse", "Handler"]
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -40,6 +40,11 @@ _RECEIVE_SIZE = 65536
 _PROBE_TIMEOUT = 2.0
 
 _log = structlog.get_logger(__name__)
+
+
+class CommandRefused(Exception):
+    """A handler's refusal (bad request, refused change): an answer, not a fault, so it is
+    logged in one line without a traceback. Its message is the error the client gets."""
 
 
 class ControlSocketInUse(OSError):
@@ -190,6 +195,9 @@ class ControlServer:
             return ControlResponse(ok=False, error=f"unknown command: {request.cmd}")
         try:
             result = await handler(request.args)
+        except CommandRefused as exc:
+            _log.warning("control command refused", cmd=request.cmd, reason=str(exc))
+            return ControlResponse(ok=False, error=str(exc))
         except Exception as exc:
             _log.exception("control command failed", cmd=request.cmd)
             return ControlResponse(ok=False, error=str(exc) or type(exc).__name__)

@@ -77,10 +77,12 @@ from gateway.media.latching import (
 from gateway.media.rtcp_session import LegRtcp
 from gateway.media.srtp import SrtpDrop, SrtpReceiver, SrtpSender
 from gateway.media.transcode import Transcoder
+from gateway.net.dscp import DSCP_EF, mark
 
 __all__ = [
     "LocalPorts",
     "MediaSession",
+    "MediaTap",
     "PortAllocator",
     "PortPair",
     "PortsExhausted",
@@ -88,6 +90,9 @@ __all__ = [
 ]
 
 LocalPorts = dict[str, tuple[int, int]]
+# A packet capture's view of the relay: each datagram as on the wire, with its source and
+# destination, once as received and once as sent (gateway.control.capture).
+MediaTap = Callable[[bytes, Address, Address], None]
 
 # RTP over UDP stays under the path MTU (1500); 2 KiB leaves room and keeps
 # the four buffers of a call at 8 KiB. Longer datagrams are dropped, not cut.
@@ -120,9 +125,12 @@ def canonical_host(host: str) -> tuple[socket.AddressFamily, str]:
     raise ValueError(f"not a numeric IPv4 or IPv6 address: {host!r}")
 
 
-def _udp_socket(family: socket.AddressFamily, host: str, port: int) -> socket.socket:
+def _udp_socket(
+    family: socket.AddressFamily, host: str, port: int, dscp: int = DSCP_EF
+) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        mark(sock, dscp)
         # Another process's port must make us move on, never share it.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         if family == socket.AF_INET6:
@@ -166,13 +174,14 @@ class PortAllocator:
     by other processes are skipped.
     """
 
-    def __init__(self, host: str, port_min: int, port_max: int) -> None:
+    def __init__(self, host: str, port_min: int, port_max: int, dscp: int = DSCP_EF) -> None:
         if not 1 <= port_min <= port_max <= 65535:
             raise ValueError(
                 f"media port range {port_min}-{port_max} is invalid: "
                 "need 1 <= port_min <= port_max <= 65535"
             )
         self.family, self.host = canonical_host(host)
+        self.dscp = dscp  # marked on RTP and RTCP (gateway.net.dscp)
         self.port_min = port_min
         self.port_max = port_max
         first = port_min + (port_min & 1)
@@ -214,12 +223,12 @@ class PortAllocator:
 
     def _try_bind(self, rtp_port: int) -> PortPair | None:
         try:
-            rtp = _udp_socket(self.family, self.host, rtp_port)
+            rtp = _udp_socket(self.family, self.host, rtp_port, self.dscp)
         except OSError as exc:
             self._raise_unless_taken(exc, rtp_port)
             return None
         try:
-            rtcp = _udp_socket(self.family, self.host, rtp_port + 1)
+            rtcp = _udp_socket(self.family, self.host, rtp_port + 1, self.dscp)
         except OSError as exc:
             rtp.close()
             self._raise_unless_taken(exc, rtp_port + 1)
@@ -329,6 +338,9 @@ class MediaSession:
         self._plain = True
         self._transcoding: _Transcoding | None = None
         self._nursery: trio.Nursery | None = None
+        # Set while a capture of the call runs; the loops read it once per wake, so off
+        # costs one attribute read per wake and a local None test per packet.
+        self.tap: MediaTap | None = None
 
     @property
     def local_ports(self) -> LocalPorts:
@@ -615,6 +627,8 @@ class MediaSession:
             if n > _BUFFER_SIZE:
                 count_drop(src_path.endpoint(stream), DropReason.TOO_LARGE)
                 continue
+            if self.tap is not None:
+                self.tap(bytes(buf[:n]), src[:2], rx.getsockname()[:2])
             out = forward_packet(src_path, dst_path, stream, bytes(buf[:n]), src, now)
             if out is None:
                 continue
@@ -644,6 +658,8 @@ class MediaSession:
             if n > _BUFFER_SIZE:
                 count_drop(endpoint, DropReason.TOO_LARGE)
                 continue
+            if self.tap is not None:
+                self.tap(bytes(buf[:n]), src[:2], rx.getsockname()[:2])
             accepted = accept_packet(path, stream, bytes(buf[:n]), src, now)
             if accepted is None:
                 continue
@@ -728,6 +744,8 @@ class MediaSession:
             return
         dst_ep.packets_out += 1
         dst_ep.bytes_out += len(data)
+        if self.tap is not None:
+            self.tap(data, tx.getsockname()[:2], destination)
 
     async def _pump_plain(
         self,
@@ -747,11 +765,13 @@ class MediaSession:
         clock = self._clock
         wait_readable = trio.lowlevel.wait_readable
         trunc = socket.MSG_TRUNC
+        rx_local, tx_local = rx.getsockname()[:2], tx.getsockname()[:2]
         while True:
             await wait_readable(rx)
             if not self._plain:
                 return  # configured while waiting: what is queued takes the other path
             now = clock()
+            tap = self.tap
             for _ in range(_BATCH):
                 try:
                     # MSG_TRUNC: the real length comes back, so oversize shows.
@@ -764,6 +784,8 @@ class MediaSession:
                 if n > _BUFFER_SIZE:
                     count_drop(src_ep, DropReason.TOO_LARGE)
                     continue
+                if tap is not None:
+                    tap(bytes(view[:n]), src[:2], rx_local)
                 destination = forward(src_ep, dst_ep, n, src, now, buf[0])
                 if destination is None:
                     continue
@@ -778,6 +800,8 @@ class MediaSession:
                     continue
                 dst_ep.packets_out += 1
                 dst_ep.bytes_out += n
+                if tap is not None:
+                    tap(bytes(view[:n]), tx_local, destination)
 
 
 async def _send_when_writable(tx: socket.socket, data: memoryview, destination: Address) -> bool:

@@ -8,6 +8,7 @@ epoch seconds, see ``gateway.store.model``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from gateway.store.model import (
@@ -176,4 +177,15 @@ class Store(Protocol):
 
     async def unbind_masked(self, partner: str, binding_id: str) -> bool:
         """Remove one of the partner's bindings; False when there was none."""
+        ...
+
+    # -- provisioning and backup (the edgegw CLI) ------------------------------------------
+
+    async def live_masked_bindings(self, now: float) -> list[MaskedBinding]:
+        """Every unexpired masked-number binding, ordered by partner then number."""
+        ...
+
+    async def backup(self, target: Path) -> None:
+        """Copy the whole store, consistent as of one moment, into the new file ``target``
+        while the store stays open; writes handed over meanwhile wait for the copy."""
         ...

@@ -132,6 +132,16 @@ class Cdr(msgspec.Struct, frozen=True, kw_only=True):
     reason_text: str | None = None
     # Trunks in the order least-cost routing tried them, the carrying trunk last.
     trunks_tried: list[str] = []
+    # Per-leg quality at the end (gateway.media.quality): E-model MOS, loss %, jitter and
+    # round-trip ms; None where nothing measured them (a relayed call has no RTCP of ours).
+    mos_a: float | None = None
+    mos_b: float | None = None
+    loss_a: float | None = None
+    loss_b: float | None = None
+    jitter_a: float | None = None
+    jitter_b: float | None = None
+    rtt_a: float | None = None
+    rtt_b: float | None = None
 
 
 class ActiveCall(msgspec.Struct, frozen=True, kw_only=True):

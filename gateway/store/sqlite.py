@@ -171,6 +171,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE active_calls ADD COLUMN billing_increment TEXT NOT NULL DEFAULT '[]'",
         "ALTER TABLE active_calls ADD COLUMN granted_seconds INTEGER",
     ),
+    # 2: per-leg quality in the CDR (E-model MOS, loss %, jitter and round-trip ms).
+    tuple(
+        f"ALTER TABLE cdrs ADD COLUMN {name}_{leg} REAL"
+        for name in ("mos", "loss", "jitter", "rtt")
+        for leg in ("a", "b")
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -625,8 +631,37 @@ class SqliteStore:
         )
         return deleted > 0
 
+    # -- provisioning and backup (the edgegw CLI) ------------------------------------------
+
+    async def live_masked_bindings(self, now: float) -> list[MaskedBinding]:
+        sql = (
+            f"SELECT {_MASKED_COLUMNS} FROM masked_bindings WHERE expires_at>? "
+            "ORDER BY partner, number"
+        )
+        return await self._read(partial(_select, MaskedBinding, "masked_bindings", sql, (now,)))
+
+    async def backup(self, target: Path) -> None:
+        """SQLite's online backup from the store's own connection, taken in its turn between
+        write batches (the one-connection limiter): the copy holds every committed write and
+        nothing of one in progress. The copy is one self-contained file (rollback journal,
+        not WAL). Raises StoreError when ``target`` exists or cannot be written."""
+        target = Path(target)
+        if target.exists():
+            raise StoreError(f"{target}: already exists; a backup is written to a new file")
+        await self._read(partial(_backup_into, target))
+
 
 # -- operations run in the worker thread ---------------------------------------------------
+
+
+def _backup_into(target: Path, conn: sqlite3.Connection) -> None:
+    copy = sqlite3.connect(target, isolation_level=None)
+    try:
+        conn.backup(copy)
+        # A copy left in WAL mode could not be read without a -wal file beside it.
+        copy.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        copy.close()
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
+from gateway.net.dscp import DSCP_CS3, mark
 from gateway.sip.message import KeepAlive, ParseError, StreamFramer
 from gateway.transport.flow import Address, Flow
 
@@ -45,9 +46,10 @@ def _family(host: str) -> socket.AddressFamily:
 
 
 class UdpListener:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, dscp: int = DSCP_CS3) -> None:
         self._std = socket.socket(_family(host), socket.SOCK_DGRAM)
         self._std.setblocking(False)
+        mark(self._std, dscp)
         try:
             self._std.bind((host, port))
         except OSError as exc:
@@ -140,6 +142,8 @@ class TcpTransport:
         self._framing_error: FramingError | None = None
         self.listen_addresses: list[Address] = []
         self.broken = 0  # connections that ended in a reset or another stream error
+        # DSCP of every connection; accepted ones inherit it from the listening socket.
+        self.dscp = DSCP_CS3
 
     async def serve(
         self,
@@ -164,12 +168,15 @@ class TcpTransport:
 
     async def _listen(self, host: str, port: int) -> list[trio.SocketListener]:
         try:
-            return await trio.open_tcp_listeners(port, host=host)
+            listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
             # The bare errno text does not say which of several listeners failed.
             raise OSError(
                 exc.errno, f"cannot bind {self.name.upper()} {host}:{port}: {exc.strerror}"
             ) from exc
+        for listener in listeners:
+            mark(listener.socket, self.dscp)
+        return listeners
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
         async with listener:
@@ -245,6 +252,7 @@ class TcpTransport:
             log.info("connect failed", transport=self.name, remote=conn.remote, error=str(exc))
             raise SetupFailed from exc
         conn.local = raw.socket.getsockname()[:2]
+        mark(raw.socket, self.dscp)
         return raw
 
     async def _close(self, conn: TcpConnection, stream: trio.abc.AsyncResource | None) -> None:

@@ -23,6 +23,7 @@ from typing import Protocol
 import structlog
 import trio
 
+from gateway.net.dscp import DSCP_CS3
 from gateway.sip.headers import Via
 from gateway.sip.message import (
     ParseError,
@@ -56,6 +57,9 @@ class TransactionTimeout:
 
 TIMEOUT = TransactionTimeout()
 ClientEvent = Response | TransactionTimeout
+# A packet capture's view of SIP: the raw bytes of each message, its flow, and whether it was
+# sent (else received). Set only while a capture runs (gateway.control.capture).
+SipTap = Callable[[bytes, Flow, bool], None]
 
 
 class RequestHandler(Protocol):
@@ -152,6 +156,7 @@ class SipEndpoint:
         clock: Callable[[], float] = trio.current_time,
         tls: list[Address] | None = None,
         tls_contexts: TlsContexts | None = None,
+        dscp: int = DSCP_CS3,
     ) -> None:
         """`tls` listeners need `tls_contexts.server`; without contexts the gateway can still
         open TLS connections (verifying against the system CAs) but not accept them."""
@@ -167,18 +172,20 @@ class SipEndpoint:
         self.tls = TlsTransport(
             tls_contexts or TlsContexts(server=None, client=client_context()), tcp_idle_timeout
         )
+        self._dscp = self.tcp.dscp = self.tls.dscp = dscp  # marked on every SIP socket
         self.stats = EndpointStats()
         self._servers: dict[object, ServerHandle] = {}
         self._clients: dict[object, ClientHandle] = {}
         self._wakeup = trio.Event()
         self._sleeping_until = math.inf
         self._tag_key = secrets.token_bytes(16)
+        self.tap: SipTap | None = None
 
     # ---- running -------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind every listener, report started, then serve until cancelled."""
-        self.udp = [UdpListener(host, port) for host, port in self._udp_addresses]
+        self.udp = [UdpListener(host, port, self._dscp) for host, port in self._udp_addresses]
         try:
             async with trio.open_nursery() as nursery:
                 for listener in self.udp:
@@ -249,6 +256,8 @@ class SipEndpoint:
 
     def _on_bytes(self, data: bytes, flow: Flow) -> None:
         self.stats.received += 1
+        if self.tap is not None:
+            self.tap(data, flow, False)
         if not data.strip(b"\r\n"):
             if flow.transport == "udp" and data.startswith(b"\r\n\r\n"):
                 self._send_raw(b"\r\n", flow)  # RFC 5626 3.5.1 keep-alive over UDP
@@ -469,9 +478,18 @@ class SipEndpoint:
             return
         transport = destination.transport
         if transport == "udp":
-            self._udp_for(destination.address[0]).send(data, destination.address)
+            listener = self._udp_for(destination.address[0])
+            if self.tap is not None:
+                self.tap(data, Flow("udp", listener.local, destination.address), True)
+            listener.send(data, destination.address)
         else:
-            self.stream_transport(transport).send(data, destination.address, None)
+            streams = self.stream_transport(transport)
+            streams.send(data, destination.address, None)
+            conn = streams.by_remote.get(destination.address) if self.tap is not None else None
+            if self.tap is not None and conn is not None:
+                # A connection opened just now has no local address yet: our listener's.
+                local = conn.local if conn.local[1] else self.local_address(transport)
+                self.tap(data, Flow(transport, local, conn.remote, conn.conn_id), True)
 
     def _udp_for(self, host: str) -> UdpListener:
         want_v6 = ":" in host
@@ -481,6 +499,8 @@ class SipEndpoint:
         return self.udp[0]
 
     def _send_raw(self, data: bytes, flow: Flow) -> None:
+        if self.tap is not None:
+            self.tap(data, flow, True)
         if flow.transport == "udp":
             for listener in self.udp:
                 if listener.local == flow.local:

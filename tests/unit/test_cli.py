@@ -594,9 +594,11 @@ class FakeService:
     def __init__(self, code: int) -> None:
         self.code = code
         self.configs: list[Config] = []
+        self.paths: list[Path | None] = []
 
-    def run(self, config: Config) -> int:
+    def run(self, config: Config, config_path: Path | None = None) -> int:
         self.configs.append(config)
+        self.paths.append(config_path)
         return self.code
 
 

@@ -244,7 +244,7 @@ def test_missing_required_key(text: str, message: str) -> None:
         ),
         (
             '[general]\nlog_format = "xml"',
-            "x.toml: general.log_format: must be one of console, json",
+            "x.toml: general.log_format: must be one of console, json, journald",
         ),
         (
             f'{SUBSCRIBER}srtp = "required"',

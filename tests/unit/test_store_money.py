@@ -512,6 +512,6 @@ async def test_a_schema_2_store_is_migrated_in_place_and_keeps_its_rows(tmp_path
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION >= 3  # the money schema, or a later one
     finally:
         conn.close()
