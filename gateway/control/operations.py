@@ -218,16 +218,21 @@ def _negotiated(leg: LegMedia | None) -> dict[str, Any]:
 
 
 def _quality(stats: Mapping[str, Any]) -> dict[str, Any]:
-    """Loss, jitter and RTT of one leg: kept only where the gateway terminates RTCP
-    (a transcoded call); in relay mode RTCP passes end to end and these are None."""
+    """Loss, jitter and RTT of one leg: from the gateway's own RTCP on a transcoded
+    call; on a relayed one from the reports the peers send each other through the relay
+    (what the peer lost of our stream, and the RTT; the E-model's figures are in MOS)."""
     transcoding = stats.get("transcoding")
     if not isinstance(transcoding, Mapping):
+        relayed = stats.get("rtcp_relayed")
+        report: Mapping[str, Any] = (
+            relayed if isinstance(relayed, Mapping) and relayed.get("packets") else {}
+        )
         return {
-            "lost": None,
+            "lost": None,  # the relay counts no sequence gaps; the peer's report says
             "jitter_ms": None,
-            "remote_fraction_lost": None,
+            "remote_fraction_lost": report.get("fraction_lost"),
             "remote_jitter_ms": None,
-            "rtt_ms": None,
+            "rtt_ms": _milliseconds(report.get("rtt")),
         }
     inbound, rtcp = transcoding["in"], transcoding["rtcp"]
     return {

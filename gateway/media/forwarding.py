@@ -107,6 +107,8 @@ class Outgoing:
     data: bytes
     destination: Address
     stream: Stream
+    clear_rtcp: bytes | None = None
+    """The RTCP as the source leg's peer sent it, after SRTCP unprotect (None for RTP)."""
 
 
 def is_strict_miss(endpoint: Endpoint, src: tuple[Any, ...]) -> bool:
@@ -196,7 +198,10 @@ def forward_packet(
     endpoint.packets_in += 1
     endpoint.bytes_in += len(data)
     return Outgoing(
-        out, destination, "rtcp" if stream == "rtcp" and not dst_leg.rtcp_mux else "rtp"
+        out,
+        destination,
+        "rtcp" if stream == "rtcp" and not dst_leg.rtcp_mux else "rtp",
+        clear if stream == "rtcp" else None,
     )
 
 

@@ -18,9 +18,10 @@ the talker-echo path T equals Ta, and the listener-echo round trip Tr is 2 Ta.
 
 :func:`call_quality` turns a call's media statistics (``MediaSession.stats()``) into
 a :class:`LegQuality` per leg. Loss, jitter and round-trip time come from the
-gateway's own RTCP and jitter buffers, which exist while a call is transcoded; a
-relayed call passes RTCP end to end and the relay keeps no sequence-number state, so
-its legs carry packet counters only and no MOS (None, never a guess).
+gateway's own RTCP and jitter buffers, which exist while a call is transcoded; for a
+relayed call, :mod:`gateway.calls.call_quality` reads the RTCP reports the peers send
+each other through the relay (:mod:`gateway.media.rtcp_relayed`); without them a leg
+has packet counters only and no MOS (None, never a guess).
 
 Nothing here reads a clock or a socket.
 """
@@ -262,8 +263,9 @@ class LegQuality:
 
     ``loss_pct`` is the larger of the loss the gateway saw on the peer's stream and the
     loss the peer reported about ours (RTCP); ``jitter_ms`` likewise; ``rtt_ms`` is the
-    RTCP round trip. All three and ``mos`` are None when nothing measured them (a
-    relayed call). ``source`` says where the figures came from: "rtcp" or "none".
+    RTCP round trip. All three and ``mos`` are None when nothing measured them.
+    ``source`` says where the figures came from: "rtcp" (the gateway's own RTCP),
+    "rtcp-relayed" (the peers' reports read in passing) or "none".
     """
 
     leg: str

@@ -74,6 +74,7 @@ from gateway.media.latching import (
     open_window,
     rebind,
 )
+from gateway.media.rtcp_relayed import RelayedRtcp
 from gateway.media.rtcp_session import LegRtcp
 from gateway.media.srtp import SrtpDrop, SrtpReceiver, SrtpSender
 from gateway.media.transcode import Transcoder
@@ -341,6 +342,8 @@ class MediaSession:
         # Set while a capture of the call runs; the loops read it once per wake, so off
         # costs one attribute read per wake and a local None test per packet.
         self.tap: MediaTap | None = None
+        # What the peers' RTCP says while relayed (the transcoding path has its own).
+        self.relayed_rtcp = RelayedRtcp()
 
     @property
     def local_ports(self) -> LocalPorts:
@@ -516,6 +519,7 @@ class MediaSession:
                 for reason, count in stream_stats["drops"].items():
                     drops[reason] = drops.get(reason, 0) + count
             result[leg] = {**totals, "drops": drops, **streams}
+            result[leg]["rtcp_relayed"] = self.relayed_rtcp.snapshot(leg)
             if self._transcoding is not None:
                 result[leg]["transcoding"] = {
                     "in": self._transcoding.inbound[leg].snapshot(),
@@ -604,7 +608,8 @@ class MediaSession:
         buf = bytearray(_BUFFER_SIZE)
         while True:
             if self._plain:
-                await self._pump_plain(rx, tx, src_ep, dst_ep, buf)
+                observe = self._observe_rtcp if stream == "rtcp" else None
+                await self._pump_plain(rx, tx, src_ep, dst_ep, buf, leg, observe)
             elif self._transcoding is not None:
                 await self._pump_transcode(rx, leg, stream, self._transcoding, buf)
             else:
@@ -632,6 +637,8 @@ class MediaSession:
             out = forward_packet(src_path, dst_path, stream, bytes(buf[:n]), src, now)
             if out is None:
                 continue
+            if out.clear_rtcp is not None and not src_path.datagrams:
+                self._observe_rtcp(leg, out.clear_rtcp)
             await self._send(
                 self._socket(other, out.stream),
                 out.data,
@@ -730,6 +737,14 @@ class MediaSession:
                 continue
             await self._send(tx, data, destination, endpoint)
 
+    def _observe_rtcp(self, leg: Leg, clear: bytes) -> None:
+        """Read relayed RTCP from ``leg``'s peer (already accepted; never drops it).
+
+        Trio's clock, as for transcoding: round trips need real seconds whatever clock
+        latching was given.
+        """
+        self.relayed_rtcp.observe(leg, clear, trio.current_time())
+
     async def _send(
         self, tx: socket.socket, data: bytes, destination: Address, dst_ep: Endpoint
     ) -> None:
@@ -754,10 +769,13 @@ class MediaSession:
         src_ep: Endpoint,
         dst_ep: Endpoint,
         buf: bytearray,
+        leg: Leg,
+        observe: Callable[[Leg, bytes], None] | None,
     ) -> None:
         """Relay what arrives on ``rx`` out of ``tx`` until the legs stop being plain.
 
-        The hot loop of identical legs: zero-copy from the receive buffer.
+        The hot loop of identical legs: zero-copy from the receive buffer. ``observe``
+        is given only to the RTCP sockets' loops (None on RTP: one local test per packet).
         """
         view = memoryview(buf)
         recvfrom_into = rx.recvfrom_into
@@ -789,6 +807,8 @@ class MediaSession:
                 destination = forward(src_ep, dst_ep, n, src, now, buf[0])
                 if destination is None:
                     continue
+                if observe is not None:
+                    observe(leg, bytes(view[:n]))
                 try:
                     sendto(view[:n], destination)
                 except BlockingIOError:

@@ -185,7 +185,7 @@ def test_status_calls_show_drain_and_hangup_on_a_live_call(
         lambda: as_json(lab, "call", "show", call_id)["legs"]["b"]["packets_in"], "the echo"
     )
     assert echoed > 0
-    # A relayed call passes RTCP end to end: the gateway has no loss/jitter/RTT/MOS of it.
+    # A relayed call whose peers send no RTCP (sipp here): no loss/jitter/RTT/MOS of it.
     for leg in (a, b):
         assert (leg["rtt_ms"], leg["jitter_ms"], leg["lost"], leg["mos"]) == (None,) * 4, leg
     human = edgegw(lab, "call", "show", call_id)
