@@ -96,6 +96,14 @@ class GeneralConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     # Free space kept on the var dir's filesystem: below it status shows disk_low and
     # captures stop; CDRs are still written.
     disk_reserve_mb: int = 100
+    # Retention (gateway.control.retention), checked every minute; 0 means no limit. Rotated
+    # log files (FILE.1 ...) older than log_max_age_days are deleted; the oldest finished
+    # files of <var_dir>/captures and <var_dir>/exports go past the size or age limit.
+    log_max_age_days: int = 30
+    capture_max_mb: int = 1024
+    capture_max_age_days: int = 7
+    export_max_mb: int = 1024
+    export_max_age_days: int = 90
 
     @property
     def var_path(self) -> Path:
@@ -631,6 +639,19 @@ def _general_problems(general: GeneralConfig) -> Iterator[Problem]:
         yield "general.log_backups", f"must be at least 1, got {general.log_backups}"
     if general.disk_reserve_mb < 0:
         yield "general.disk_reserve_mb", f"must be 0 (off) or more, got {general.disk_reserve_mb}"
+    for key in _RETENTION_KEYS:
+        value = getattr(general, key)
+        if value < 0:
+            yield f"general.{key}", f"must be 0 (no limit) or more, got {value}"
+
+
+_RETENTION_KEYS = (
+    "log_max_age_days",
+    "capture_max_mb",
+    "capture_max_age_days",
+    "export_max_mb",
+    "export_max_age_days",
+)
 
 
 def _is_ip(host: str) -> bool:

@@ -37,6 +37,7 @@ from gateway.control.metrics import gateway_registry
 from gateway.control.operations import Operations
 from gateway.control.provisioning import Provisioning
 from gateway.control.reload import Reloader
+from gateway.control.retention import Retention
 from gateway.control.sd_notify import Notifier
 from gateway.control.server import ControlServer
 from gateway.control.watchdog import feed_watchdog, stall_loop
@@ -163,10 +164,13 @@ class Gateway:
             endpoint=self.endpoint,
             disk_low=self.disk.disk_low,
         )
+        # Retention: captures, CDR exports and rotated logs pruned by size and age.
+        self.retention = Retention(lambda: self.config.general, directory, self.captures)
         self.control = ControlServer(
             control_socket_path(config),
             {
                 **self.captures.handlers(),
+                **self.retention.handlers(),
                 "config_reload": self.reloader.handle,
                 "debug_stall": stall_loop,
                 "calls": self._calls,
@@ -199,6 +203,7 @@ class Gateway:
                 await nursery.start(self.endpoint.run)
                 nursery.start_soon(self._run_core)
                 await nursery.start(self.captures.run)
+                await nursery.start(self.retention.run)  # a first pass before ready
                 await nursery.start(self.control.serve)
                 await nursery.start(run_http, self.config, self.partners, self.metrics)
                 nursery.start_soon(self._checkpoints)
@@ -270,6 +275,7 @@ class Gateway:
             "uptime": round(time.time() - self.started, 1),
             "draining": core.draining,
             **self.disk.snapshot(),  # disk_low: captures stop, CDRs are still written
+            "retention": self.retention.snapshot(),
             "sip_listen": [f"{e.transport}:{e.host}:{e.port}" for e in self.config.sip.listen],
             "registrations": self.registrar.count(),
             "active_calls": len(core.calls),

@@ -554,6 +554,12 @@ def write_atomically(path: Path, text: str) -> None:
     help="Write to FILE (atomically: a temporary file renamed into place) [default: stdout].",
 )
 @click.option(
+    "--to-var",
+    is_flag=True,
+    help="Write to the gateway's <var_dir>/exports/cdrs-SINCE-UNTIL.FORMAT (kept there by "
+    "general.export_max_mb and export_max_age_days).",
+)
+@click.option(
     "--page-size",
     type=click.IntRange(min=1),
     default=DEFAULT_EXPORT_PAGE,
@@ -580,11 +586,14 @@ def cdr_export(
     output_format: str,
     partner: str | None,
     output: Path | None,
+    to_var: bool,
     page_size: int,
     config_path: Path | None,
     socket_path: Path | None,
 ) -> None:
     """Export every CDR of a time window, oldest first, with its payer, tariff and cost."""
+    if to_var and output is not None:
+        raise click.UsageError("give --output or --to-var, not both")
     if until is not None and until <= since:
         raise click.BadParameter("must be later than --since", param_hint="'--until'")
     if partner is not None and not partner:
@@ -592,6 +601,8 @@ def cdr_export(
     path = resolve_socket(options, socket_path, config_path)
     cdrs = export_window(path, since, until, partner, page_size)
     text = cdrs_to_csv(cdrs) if output_format.lower() == "csv" else cdrs_to_json(cdrs) + "\n"
+    if to_var:
+        output = export_path_in_var(path, since, until, output_format.lower())
     if output is None:
         # Bytes, not click.echo: that would strip escape sequences from a piped export, and
         # a CDR's text fields are the caller's to choose.
@@ -1592,6 +1603,31 @@ def diag_bundle(
         return
     state = "" if running else " (gateway not running: no live parts, see its README.txt)"
     click.echo(f"{target}: {len(bundle.files) + 1} files, {size} bytes{state}")
+
+
+# ---- retention ----
+
+
+def _file_stamp(epoch: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(epoch))
+
+
+def export_path_in_var(socket: Path, since: float, until: float | None, fmt: str) -> Path:
+    """Where ``cdr export --to-var`` writes: the running gateway's exports directory, asked
+    of it (its var dir may be relative to its own working directory, not this one), as
+    ``cdrs-SINCE-UNTIL.FMT`` in UTC, UNTIL being now for an open window."""
+    result = _call(socket, "retention")
+    exports = result.get("exports") if isinstance(result, dict) else None
+    directory = exports.get("dir") if isinstance(exports, dict) else None
+    if not isinstance(directory, str) or not directory:
+        _fail("cdr export: the gateway did not say where its exports directory is")
+    end = time.time() if until is None else until
+    path = Path(directory) / f"cdrs-{_file_stamp(since)}-{_file_stamp(end)}.{fmt}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"cannot make {path.parent}: {exc.strerror or exc}")
+    return path
 
 
 def main() -> None:

@@ -69,6 +69,12 @@ LIVE_KEYS: tuple[str, ...] = (
     "limits",
     "general.checkpoint_interval",
     "general.disk_reserve_mb",
+    # Retention reads its limits again on every pass.
+    "general.log_max_age_days",
+    "general.capture_max_mb",
+    "general.capture_max_age_days",
+    "general.export_max_mb",
+    "general.export_max_age_days",
     "http.call_retention",
     "http.max_binding_ttl",
     "sip.no_answer_timeout",
