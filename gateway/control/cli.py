@@ -806,10 +806,7 @@ def regs(
 ) -> None:
     """List the registrar's bindings (app users' registered contacts)."""
     result = _call(resolve_socket(options, socket_path, config_path), "regs")
-    if as_json or not _all_dicts(result):
-        _print_json(result)
-        return
-    _console().print(rows_table("registrations", REG_COLUMNS, result))
+    _show_rows(result, as_json, "registrations", REG_COLUMNS)
 
 
 @cli.command()
@@ -820,10 +817,7 @@ def trunks(
 ) -> None:
     """List the carrier trunks: address, OPTIONS health, registration, channels in use."""
     result = _call(resolve_socket(options, socket_path, config_path), "trunks")
-    if as_json or not _all_dicts(result):
-        _print_json(result)
-        return
-    _console().print(rows_table("trunks", TRUNK_COLUMNS, result))
+    _show_rows(result, as_json, "trunks", TRUNK_COLUMNS)
 
 
 @cli.group("trunk")
@@ -1100,10 +1094,7 @@ def capture_list(
 ) -> None:
     """List running and recent captures: call, file, packets, bytes, running or stopped."""
     result = _call(resolve_socket(options, socket_path, config_path), "capture_list")
-    if as_json or not _all_dicts(result):
-        _print_json(result)
-        return
-    _console().print(rows_table("captures", CAPTURE_COLUMNS, result))
+    _show_rows(result, as_json, "captures", CAPTURE_COLUMNS)
 
 
 # ---- provisioning (subscribers, balances, partners, numbers, backup, restore, diag) ----
