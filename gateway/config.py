@@ -14,6 +14,7 @@ and ``dump_default_toml()`` prints it as TOML.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import math
@@ -37,6 +38,7 @@ __all__ = [
     "HttpConfig",
     "LimitsConfig",
     "ListenConfig",
+    "MediaAddressConfig",
     "MediaConfig",
     "NetworkConfig",
     "NetworkInterfaceConfig",
@@ -56,6 +58,9 @@ __all__ = [
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["console", "json", "journald"]
 DigestAlgorithm = Literal["MD5", "SHA-256"]
+NetworkRole = Literal["access", "carrier", "mgmt"]
+# A listener's role; "" takes it from the [network] interface holding its address.
+ListenRole = Literal["", "access", "carrier", "mgmt"]
 
 KNOWN_CODECS = ("PCMA", "PCMU", "G722", "G729", "opus")
 SRTP_SUITES = (
@@ -114,6 +119,9 @@ class ListenConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     transport: Transport
     host: str
     port: int
+    # Requests to trunks leave from a carrier listener, requests to apps from an access
+    # one (gateway.net.roles); "": the role of the [network] interface with this address.
+    role: ListenRole = ""
 
 
 def _default_listen() -> list[ListenConfig]:
@@ -156,7 +164,19 @@ class SipConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     tls_ca_file: str = ""
 
 
+class MediaAddressConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A role's media address: legs toward trunks bind on the carrier one, legs toward
+    apps on the access one. Without an entry, a role's address is the first of its
+    [network] interface (gateway.net.roles)."""
+
+    role: Literal["access", "carrier"]
+    host: str
+    # Written into SDP instead of `host` (the public address of a 1:1 NAT).
+    advertised_host: str = ""
+
+
 class MediaConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    # The media address of legs whose role has no address of its own (see `addresses`).
     host: str = "127.0.0.1"
     advertised_host: str = ""
     # A media address of the other family (e.g. "::1" beside 127.0.0.1): a leg whose peer
@@ -200,6 +220,8 @@ class MediaConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     jitter_initial: float = 0.03
     jitter_min: float = 0.02
     jitter_max: float = 0.2
+    # Media addresses per network role, in place of those taken from [network].
+    addresses: list[MediaAddressConfig] = []
 
     @property
     def advertised(self) -> str:
@@ -390,7 +412,6 @@ class DnsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     timeout: float = 2.0
 
 
-NetworkRole = Literal["access", "carrier", "mgmt"]
 # The routing table of each role's policy routing when `table` is left at 0.
 ROLE_TABLES: dict[str, int] = {"access": 101, "carrier": 102, "mgmt": 103}
 
@@ -627,6 +648,23 @@ def _problems(config: Config) -> Iterator[Problem]:
     yield from _tariff_problems(config.tariffs)
     yield from _dns_problems(config.dns)
     yield from _network_problems(config.network)
+    yield from _listen_role_problems(config)
+
+
+def _listen_role_problems(config: Config) -> Iterator[Problem]:
+    """A listener's explicit role must be that of the interface its address is on."""
+    owners: dict[str, str] = {}
+    for interface in config.network.interfaces:
+        for address in interface.addresses:
+            with contextlib.suppress(ValueError):  # reported by _interface_problems
+                owners.setdefault(str(ipaddress.ip_interface(address).ip), interface.role)
+    for i, listen in enumerate(config.sip.listen):
+        owner = owners.get(listen.host)
+        if listen.role and owner is not None and owner != listen.role:
+            yield (
+                f"sip.listen[{i}].role",
+                f"is {listen.role}, but {listen.host} is on the {owner} interface",
+            )
 
 
 def _general_problems(general: GeneralConfig) -> Iterator[Problem]:
@@ -789,6 +827,25 @@ def _media_problems(media: MediaConfig) -> Iterator[Problem]:
                 f"must be a network like 10.0.0.0/8, got {network!r}",
             )
     yield from _transcoding_problems(media)
+    yield from _media_address_problems(media)
+
+
+def _media_address_problems(media: MediaConfig) -> Iterator[Problem]:
+    seen: dict[tuple[str, int], int] = {}
+    for i, entry in enumerate(media.addresses):
+        key = f"media.addresses[{i}]"
+        if not _is_ip(entry.host) or ipaddress.ip_address(entry.host).is_unspecified:
+            yield f"{key}.host", f"must be the role's own IP address, got {entry.host!r}"
+            continue
+        if entry.advertised_host and not _is_ip(entry.advertised_host):
+            yield (
+                f"{key}.advertised_host",
+                f"must be empty or an IP address, got {entry.advertised_host!r}",
+            )
+        ident = (entry.role, ipaddress.ip_address(entry.host).version)
+        if ident in seen:
+            yield key, f"a second IPv{ident[1]} address for role {entry.role}: see [{seen[ident]}]"
+        seen.setdefault(ident, i)
 
 
 def _transcoding_problems(media: MediaConfig) -> Iterator[Problem]:

@@ -42,7 +42,7 @@ from gateway.control.sd_notify import Notifier
 from gateway.control.server import ControlServer
 from gateway.control.watchdog import feed_watchdog, stall_loop
 from gateway.logs import configure_logging
-from gateway.media.relay import PortAllocator
+from gateway.net.roles import address_roles, media_addresses_for
 from gateway.sip.auth import DigestServer
 from gateway.sip.transaction import Timers
 from gateway.store.sqlite import SqliteStore
@@ -103,31 +103,15 @@ class Gateway:
         self.registrar = Registrar(
             self.store, ExpiryPolicy(sip.min_expires, sip.max_expires, sip.default_expires)
         )
-        self.allocator = PortAllocator(
-            config.media.host,
-            config.media.port_min,
-            config.media.port_max,
-            dscp=config.network.dscp_rtp,
-        )
         digest = DigestServer(
             sip.realm,
             nonce_secret(directory),
             nonce_ttl=sip.nonce_ttl,
             algorithms=tuple(sip.auth_algorithms),
         )
-        # Media sockets of the other family, for calls bridging IPv4 and IPv6.
-        self.allocator6 = (
-            PortAllocator(
-                config.media.host6,
-                config.media.port_min,
-                config.media.port_max,
-                dscp=config.network.dscp_rtp,
-            )
-            if config.media.host6
-            else None
-        )
+        # The media addresses: media.host (and host6), then one per network role.
         self.core = CallCore(
-            config, self.store, self.registrar, digest, self.allocator, self.allocator6
+            config, self.store, self.registrar, digest, media_addresses_for(config)
         )
         listen = config.sip.listen
         tls = [(entry.host, entry.port) for entry in listen if entry.transport == "tls"]
@@ -140,6 +124,7 @@ class Gateway:
             tls=tls,
             tls_contexts=tls_contexts(config, directory, [host for host, _port in tls]),
             dscp=config.network.dscp_sip,
+            address_roles=address_roles(config),  # requests leave from their role's listener
         )
         self.core.endpoint = self.endpoint
         # The partner API; its click-to-call calls are placed by the core.
@@ -213,8 +198,11 @@ class Gateway:
                     "edgegw ready",
                     version=__version__,
                     sip=[f"{e.transport}:{e.host}:{e.port}" for e in self.config.sip.listen],
-                    media=f"{self.config.media.host}:{self.config.media.port_min}-"
-                    f"{self.config.media.port_max}",
+                    media=[
+                        f"{a.role or '-'}:{a.allocator.host}:{self.config.media.port_min}-"
+                        f"{self.config.media.port_max}"
+                        for a in self.core.media_addresses
+                    ],
                 )
                 # SIP, control and HTTP are up (each started above): tell systemd, and feed
                 # its watchdog from this loop, so a stalled loop stops feeding it.
@@ -287,8 +275,18 @@ class Gateway:
             "sip_received": endpoint.stats.received,
             "sip_malformed": endpoint.stats.malformed,
             "sip_overload_503": endpoint.stats.overload_503,
-            "media_ports_in_use": self.allocator.in_use,
-            "media_ports_capacity": self.allocator.capacity,
+            "media_ports_in_use": self.core.media_addresses.in_use,
+            "media_ports_capacity": self.core.media_addresses.capacity,
+            "media_addresses": [
+                {
+                    "role": a.role,
+                    "host": a.allocator.host,
+                    "sdp_host": a.sdp_host,
+                    "in_use": a.allocator.in_use,
+                    "capacity": a.allocator.capacity,
+                }
+                for a in self.core.media_addresses
+            ],
             "trunk_health": self.trunk_monitor.snapshot(),
             "trunk_registrations": self.trunk_registrations.snapshot(),
             "trunks": [

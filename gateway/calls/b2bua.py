@@ -63,7 +63,8 @@ from gateway.calls.negotiation import LegPolicy, NegotiationError, Side
 from gateway.calls.registrar import destination_of
 from gateway.calls.router import AppRoute, TrunkRoute, number_plan
 from gateway.config import Config, TrunkConfig
-from gateway.media.relay import MediaSession, PortAllocator, PortsExhausted
+from gateway.media.addresses import MediaAddresses
+from gateway.media.relay import MediaSession, PortsExhausted
 from gateway.sip.dialog import Dialog, DialogError, DialogState
 from gateway.sip.headers import CSeq
 from gateway.sip.identity import (
@@ -131,8 +132,7 @@ class CallHost(Protocol):
 
     endpoint: SipEndpoint
     config: Config
-    allocator: PortAllocator
-    alternate_allocator: PortAllocator | None
+    media_addresses: MediaAddresses
 
     def register_dialog(self, call_id: str, local_tag: str, call: Call, leg: str) -> None: ...
     def forget(self, call: Call) -> None: ...
@@ -309,7 +309,31 @@ def targets(route: Route) -> list[tuple[str, Destination]]:
     if isinstance(route, AppRoute):
         return [(binding.contact, destination_of(binding)) for binding in route.bindings]
     trunk = route.trunk
-    return [(route.request_uri, Destination(trunk.transport, (trunk.host, trunk.port)))]
+    return [
+        (
+            route.request_uri,
+            Destination(trunk.transport, (trunk.host, trunk.port), role=route_role(route)),
+        )
+    ]
+
+
+def route_role(route: Route) -> str:
+    """The network role a route's leg uses (its SIP listener and media address)."""
+    return "carrier" if isinstance(route, TrunkRoute) else "access"
+
+
+def caller_role(caller: Caller) -> str:
+    """The network role of the leg a caller came in on."""
+    return "carrier" if isinstance(caller, CarrierCaller) else "access"
+
+
+def route_family(route: Route) -> socket.AddressFamily:
+    """A route's media family: the trunk's host, or the address its app registered from."""
+    if isinstance(route, TrunkRoute):
+        return _family_of(route.trunk.host)
+    if route.bindings:
+        return _family_of(route.bindings[0].source_host)
+    return socket.AF_INET
 
 
 # Q.850 causes that say the network, not the called party, failed: another carrier may
@@ -387,7 +411,7 @@ class Call:
             self.invite.call_id,
             server.local_tag,
             new_origin(media_host),
-            destination=Destination(flow.transport, flow.remote, flow),
+            destination=Destination(flow.transport, flow.remote, flow, role=caller_role(caller)),
         )
         self._begin(host, route, media_host, a, record)
 
@@ -407,13 +431,7 @@ class Call:
         self.b = Leg("b", new_call_id(), new_tag(), new_origin(media_host))
         self.record.callee_call_id = self.b.call_id
         media = self.config.media
-        self.media = MediaSession(
-            host.allocator,
-            host_for_sdp=media_host,
-            latch_window=media.latch_window,
-            alternate=host.alternate_allocator,
-            alternate_host_for_sdp=media.advertised_host6 or media.host6 or None,
-        )
+        self.media = MediaSession(host.media_addresses, latch_window=media.latch_window)
         self.call_media = CallMedia(
             self.media,
             {"a": self._caller_policy(), "b": self._policy_for(self.route)},
@@ -455,15 +473,32 @@ class Call:
     def _media_families(self) -> dict[str, socket.AddressFamily]:
         """Each leg's media family: the caller's SDP address, the callee's signalling
         address (a trunk's host, or the address each app device registered from)."""
-        families: dict[str, socket.AddressFamily] = {}
+        families = {"b": route_family(self.route)}
         offer = _sdp_of(self.invite)
         if offer is not None:
             families["a"] = _family_of(_first_audio_host(offer))
-        if isinstance(self.route, TrunkRoute):
-            families["b"] = _family_of(self.route.trunk.host)
-        elif self.route.bindings:
-            families["b"] = _family_of(self.route.bindings[0].source_host)
         return families
+
+    def _media_roles(self) -> dict[str, str]:
+        """Each leg's network role: carrier toward trunks, access toward apps."""
+        return {"a": self._caller_role(), "b": route_role(self.route)}
+
+    def _caller_role(self) -> str:
+        return caller_role(self.caller)
+
+    def _move_media(self, side: Side, route: Route) -> int | None:
+        """Move ``side``'s media to the address of ``route``'s role and family; its new
+        RTP port (None: no ports left there, the route cannot be used)."""
+        try:
+            ports = self.media.move_leg(side, route_role(route), route_family(route))
+        except PortsExhausted as exc:
+            log.warning("no media ports for route", call=self.id, reason=str(exc))
+            self._media_failure = NegotiationError(
+                503, "Media Ports Exhausted", "media-ports-exhausted"
+            )
+            return None
+        self.ports[side] = ports
+        return ports[0]
 
     def _caller_policy(self) -> LegPolicy:
         flow = self.server.flow
@@ -564,7 +599,9 @@ class Call:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    self.ports = self.media.open(nursery, self._media_families())
+                    self.ports = self.media.open(
+                        nursery, self._media_families(), self._media_roles()
+                    )
                 except PortsExhausted:
                     self._refuse(503, "Media Ports Exhausted", "media-ports-exhausted")
                     return
@@ -735,9 +772,12 @@ class Call:
         self.route = route
         self._label(route)
         self.record.q850_cause = self.record.reason_text = None  # the last route's, not ours
-        self.b.origin = new_origin(self.media_host)
-        self.call_media.retarget("b", self._policy_for(route), self.b.origin)
         self._media_failure = None
+        port = self._move_media("b", route)
+        if port is None:
+            return None
+        self.b.origin = new_origin(self.media_host)
+        self.call_media.retarget("b", self._policy_for(route), self.b.origin, port=port)
         try:
             return self.call_media.offer("a", self._caller_offer_body())
         except NegotiationError as exc:
@@ -892,7 +932,9 @@ class Call:
     def _identity(self, destination: Destination) -> tuple[str, str]:
         """From and To URIs of the callee leg, in the gateway's name only."""
         local = hostport(
-            self.host.endpoint.local_address(destination.transport, destination.address[0])
+            self.host.endpoint.local_address(
+                destination.transport, destination.address[0], role=destination.role
+            )
         )
         caller = self._caller_user(toward_trunk=isinstance(self.route, TrunkRoute))
         if isinstance(self.route, TrunkRoute):
@@ -902,6 +944,13 @@ class Call:
             )
         callee = self.route.subscriber.username
         return f"sip:{caller}@{local}", f"sip:{callee}@{local}"
+
+    def _contact_toward(self, destination: Destination) -> str:
+        """Our Contact for a leg: the listener of the leg's role, in its family."""
+        endpoint = self.host.endpoint
+        return endpoint.contact_uri(
+            destination.transport, destination.address[0], role=destination.role
+        )
 
     def _caller_user(self, *, toward_trunk: bool) -> str:
         """Who the callee is told is calling: the masked number of a masked call; a
@@ -937,7 +986,9 @@ class Call:
             request.uri = request.uri.replace(f"sip:{route.number}@", f"sip:{written}@", 1)
             to = request.headers.get("To") or ""
             request.headers.set("To", to.replace(f"sip:{route.number}@", f"sip:{written}@", 1))
-        host, port = self.host.endpoint.local_address(destination.transport, destination.address[0])
+        host, port = self.host.endpoint.local_address(
+            destination.transport, destination.address[0], role=destination.role
+        )
         e164 = caller if _E164.fullmatch(caller) else None
         shown = to_trunk_number(caller, trunk.number_format, self._plan) if e164 else caller
         try:
@@ -986,7 +1037,7 @@ class Call:
         headers.add("CSeq", str(CSeq(self._cseq if cseq is None else cseq, "INVITE")))
         headers.add(
             "Contact",
-            f"<{self.host.endpoint.contact_uri(destination.transport, destination.address[0])}>",
+            f"<{self._contact_toward(destination)}>",
         )
         headers.add("Allow", ALLOW)
         for name, value in self._new_timer().request_headers():
@@ -1140,9 +1191,9 @@ class Call:
 
     def _a_contact(self, response: Response) -> None:
         flow = self.server.flow
-        response.headers.set(
-            "Contact", f"<{self.host.endpoint.contact_uri(flow.transport, flow.remote[0])}>"
-        )
+        role = self._caller_role()
+        uri = self.host.endpoint.contact_uri(flow.transport, flow.remote[0], role=role)
+        response.headers.set("Contact", f"<{uri}>")
 
     def _branch_failed(self, branch: Branch, status: int, *, last: bool = True) -> bool | None:
         branch.final = status
@@ -1758,7 +1809,7 @@ class Call:
     def _b_contact(self, response: Response) -> None:
         destination = self.b.destination
         assert destination is not None
-        uri = self.host.endpoint.contact_uri(destination.transport, destination.address[0])
+        uri = self._contact_toward(destination)
         response.headers.set("Contact", f"<{uri}>")
 
 

@@ -216,19 +216,22 @@ class CallMedia:
                 for stream in ("rtp", "rtcp"):
                     self.session.state.endpoint(side, stream).symmetric_any_host = False
 
-    def retarget(self, side: Side, policy: LegPolicy, origin: Origin) -> None:
+    def retarget(
+        self, side: Side, policy: LegPolicy, origin: Origin, *, port: int | None = None
+    ) -> None:
         """Point ``side`` at a new peer before any answer of it was final: the next
         trunk after a failover, or the subscriber's number after its app did not answer.
 
         What early media of the old peer set up (its plan, keys, transcoders) is
         dropped; the next answer builds them again. Nothing is kept of the old peer's
-        keys, so its packets fail authentication from now on.
+        keys, so its packets fail authentication from now on. ``port``: the session
+        moved the leg to a new RTP port (and maybe address) for the new peer's role.
         """
         self._policies[side] = policy
         self._origins[side] = origin
         origin.address = self.session.sdp_host(side)
         origin.addrtype = "IP6" if ":" in origin.address else "IP4"
-        self.negotiator.retarget(side, policy, origin)
+        self.negotiator.retarget(side, policy, origin, host=origin.address, port=port)
         self._senders.pop(side, None)
         self._receivers.pop(side, None)
         self.plan = None

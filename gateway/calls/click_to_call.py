@@ -30,11 +30,12 @@ from gateway.calls.b2bua import (
     Leg,
     Route,
     _apply_session_expires,
-    _family_of,
     _is_sdp,
     attempts_of,
     moves_on,
     new_origin,
+    route_family,
+    route_role,
     targets,
 )
 from gateway.calls.billing import Payer
@@ -101,6 +102,7 @@ class ClickToCall(Call):
         self.presented = presented  # the caller each leg is shown, by leg ("a", "b")
         self.on_state = on_state
         self.a_attempts = attempts_of(a_route)
+        self._a_route = self.a_attempts[0]  # the one being tried
         self.a_branches: list[Branch] = []
         self.a_winner: Branch | None = None
         self.phase = ClickToCallState.CREATED
@@ -128,7 +130,13 @@ class ClickToCall(Call):
         return self._policy_for(self.a_attempts[0])
 
     def _media_families(self) -> dict[str, socket.AddressFamily]:
-        return {"a": _route_family(self.a_attempts[0]), "b": _route_family(self.route)}
+        return {"a": route_family(self.a_attempts[0]), "b": route_family(self.route)}
+
+    def _media_roles(self) -> dict[str, str]:
+        return {"a": self._caller_role(), "b": route_role(self.route)}
+
+    def _caller_role(self) -> str:
+        return route_role(self._a_route)
 
     def _caller_offer_body(self) -> bytes:
         return self._a_body
@@ -152,7 +160,9 @@ class ClickToCall(Call):
     def _identity_toward(self, leg: str, route: Route, destination: Destination) -> tuple[str, str]:
         """From: the number shown to this leg, in the gateway's name; To: the party."""
         local = hostport(
-            self.host.endpoint.local_address(destination.transport, destination.address[0])
+            self.host.endpoint.local_address(
+                destination.transport, destination.address[0], role=destination.role
+            )
         )
         caller = f"sip:{self.presented[leg]}@{local}"
         if isinstance(route, TrunkRoute):
@@ -169,8 +179,7 @@ class ClickToCall(Call):
         # A was called by us: our Contact toward it is the one its INVITE carried.
         destination = self.a.destination
         assert destination is not None
-        uri = self.host.endpoint.contact_uri(destination.transport, destination.address[0])
-        response.headers.set("Contact", f"<{uri}>")
+        response.headers.set("Contact", f"<{self._contact_toward(destination)}>")
 
     def on_stray_2xx(self, response: Response) -> None:
         leg = self.a if response.call_id == self.a.call_id else self.b
@@ -244,10 +253,14 @@ class ClickToCall(Call):
         return False
 
     def _offer_for_a(self, route: Route, *, retarget: bool) -> bytes | None:
+        self._a_route = route
         if retarget:
             self._release_a()
+            port = self._move_media("a", route)
+            if port is None:
+                return None
             self.a.origin = new_origin(self.media_host)
-            self.call_media.retarget("a", self._policy_for(route), self.a.origin)
+            self.call_media.retarget("a", self._policy_for(route), self.a.origin, port=port)
         try:
             return self.call_media.offer("b", gateway_offer(self.media_host))
         except NegotiationError as exc:
@@ -390,14 +403,6 @@ class ClickToCall(Call):
             disposition = disposition_for(self.record.sip_status, False, reason)
             return "api-delete" if reason == "api-delete" else f"b-{disposition}"
         return {"caller-bye": "a-bye", "callee-bye": "b-bye"}.get(reason, reason)
-
-
-def _route_family(route: Route) -> socket.AddressFamily:
-    if isinstance(route, TrunkRoute):
-        return _family_of(route.trunk.host)
-    if isinstance(route, AppRoute) and route.bindings:
-        return _family_of(route.bindings[0].source_host)
-    return socket.AF_INET
 
 
 __all__ = ["ClickToCall", "gateway_offer"]

@@ -39,7 +39,7 @@ from gateway.calls.overload import sample_load
 from gateway.calls.registrar import Registrar
 from gateway.calls.router import AppRoute, Refusal, Router, TrunkRoute, dialled
 from gateway.config import Config, TrunkConfig
-from gateway.media.relay import PortAllocator
+from gateway.media.addresses import MediaAddresses
 from gateway.sip.auth import AuthOutcome, DigestServer
 from gateway.sip.dialog import Dialog, DialogError
 from gateway.sip.identity import IdentityError, asserted_identity, from_trunk_number
@@ -129,15 +129,13 @@ class CallCore:
         store: Store,
         registrar: Registrar,
         digest: DigestServer,
-        allocator: PortAllocator,
-        alternate_allocator: PortAllocator | None = None,
+        media_addresses: MediaAddresses,
     ) -> None:
         self.config = config
         self.store = store
         self.registrar = registrar
         self.digest = digest
-        self.allocator = allocator
-        self.alternate_allocator = alternate_allocator
+        self.media_addresses = media_addresses
         self.router = Router(config)
         # Trunks are never banned: forged authentication failures must not cut off a carrier.
         self.admission = Admission(config.limits, never_ban=[t.host for t in config.trunks])
@@ -620,7 +618,7 @@ class CallCore:
         return self.credit.extend(call.id, time.time())
 
     async def trunk_targets(self, trunk: TrunkConfig) -> list[Destination]:
-        static = [Destination(trunk.transport, (trunk.host, trunk.port))]
+        static = [Destination(trunk.transport, (trunk.host, trunk.port), role="carrier")]
         if self.resolver is None or trunk.name in self._literal_trunks:
             return static  # an IP address at a port: nothing to look up
         try:
@@ -628,7 +626,7 @@ class CallCore:
         except DnsError as exc:
             log.warning("trunk not resolved", trunk=trunk.name, reason=str(exc))
             return []
-        return [Destination(t.transport, (t.host, t.port)) for t in found]
+        return [Destination(t.transport, (t.host, t.port), role="carrier") for t in found]
 
     def release_trunk(self, trunk: TrunkConfig) -> None:
         left = self.channels.get(trunk.name, 0) - 1

@@ -417,10 +417,22 @@ class Negotiator:
         )
         return self._render(side, [media], last.times)
 
-    def retarget(self, side: Side, policy: LegPolicy, origin: Origin) -> None:
+    def retarget(
+        self,
+        side: Side,
+        policy: LegPolicy,
+        origin: Origin,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
         """``side`` is a new peer (the next route of an unanswered call): forget what was
-        said to the old one, its keys and any offer pending, and take its policy."""
-        self._legs[side] = _LegState(policy, origin, self._legs[side].rtp_port)
+        said to the old one, its keys and any offer pending, and take its policy. ``host``
+        and ``port``: the leg's media moved to another address (a route of another role)."""
+        if host is not None:
+            self.hosts[side] = host
+        rtp_port = self._legs[side].rtp_port if port is None else port
+        self._legs[side] = _LegState(policy, origin, rtp_port)
         self._pending = None
         self.plan = None
 

@@ -119,7 +119,10 @@ def _binding(
 
 
 def destination_of(binding: Binding) -> Destination:
-    """Send toward the binding's source, over its connection when it has one (RFC 5626)."""
+    """Send toward the binding's source, over its connection when it has one (RFC 5626).
+
+    Registered apps live on the access side: without a flow, requests to them leave from
+    the access role's listener."""
     remote = (binding.source_host, binding.source_port)
     flow = None
     if binding.transport == "udp":
@@ -128,7 +131,7 @@ def destination_of(binding: Binding) -> Destination:
         flow = Flow(
             binding.transport, (binding.local_host, binding.local_port), remote, binding.flow_id
         )
-    return Destination(binding.transport, remote, flow)
+    return Destination(binding.transport, remote, flow, role="access")
 
 
 class Registrar:

@@ -278,10 +278,10 @@ class TrunkMonitor:
             return PingResult(error=f"dns: {exc}")
         target = targets[0]
         self._seq += 1
-        local = self.endpoint.local_address(target.transport, target.host)
-        contact = self.endpoint.contact_uri(target.transport, target.host)
+        local = self.endpoint.local_address(target.transport, target.host, role="carrier")
+        contact = self.endpoint.contact_uri(target.transport, target.host, role="carrier")
         request = options_request(trunk, hostport(local), contact, self._seq)
-        destination = Destination(target.transport, (target.host, target.port))
+        destination = Destination(target.transport, (target.host, target.port), role="carrier")
         sent = self._clock()
         handle = self.endpoint.send_request(request, destination)
         try:

@@ -426,10 +426,10 @@ class TrunkRegistrations:
         return target
 
     def _contact(self, target: Target) -> str:
-        return self.endpoint.contact_uri(target.transport, target.host)
+        return self.endpoint.contact_uri(target.transport, target.host, role="carrier")
 
     async def _transact(self, request: Request, target: Target) -> Response | str:
-        destination = Destination(target.transport, (target.host, target.port))
+        destination = Destination(target.transport, (target.host, target.port), role="carrier")
         handle = self.endpoint.send_request(request, destination)
         try:
             async for event in handle:

@@ -42,6 +42,7 @@ from gateway.calls.numbers import PLANS
 from gateway.calls.trunk_health import TrunkHealth
 from gateway.config import Config, ConfigError, TrunkConfig, load_config
 from gateway.control.server import CommandRefused
+from gateway.net.roles import media_addresses_for
 
 if TYPE_CHECKING:
     from gateway.service import Gateway
@@ -112,7 +113,14 @@ _REGISTRATION_FIELDS = (
 )
 
 # What CallCore derives from its config in __init__ and a reload must replace with it.
-_CORE_DERIVED = ("router", "tariffs", "masked_pools", "_literal_trunks", "_trunk_networks")
+_CORE_DERIVED = (
+    "router",
+    "tariffs",
+    "masked_pools",
+    "_literal_trunks",
+    "_trunk_networks",
+    "media_addresses",  # new SDP addresses (advertised_host), the same sockets' allocators
+)
 
 
 class ReloadRefused(CommandRefused):
@@ -337,8 +345,7 @@ class Reloader:
                 core.store,
                 core.registrar,
                 core.digest,
-                core.allocator,
-                core.alternate_allocator,
+                media_addresses_for(new, core.media_addresses),
             )
         except Exception as exc:  # a config that passed its checks but cannot be used
             raise ReloadRefused(f"{self.path}: cannot apply: {exc}") from exc

@@ -15,6 +15,14 @@ the loops, closes the sockets and hands the ports back. A caller with a
 nursery of its own (the call) uses ``open`` and ``close`` instead, which
 binds at once and saves a task and a nursery per call.
 
+Each leg binds on one of the box's media addresses
+(:mod:`gateway.media.addresses`), chosen by the leg's network role and its
+peer's address family. ``move_leg`` rebinds a leg on another address while the
+call runs (a callee route that fell back from an app to a carrier trunk): the
+four packet loops run as one group in a cancel scope of the session's, so a
+move ends the group that holds the old sockets, starts one on the new pair,
+and closes the old pair once the old loops have exited.
+
 The media timeout is not enforced here: the call reads :attr:`last_activity`
 and ends itself when the peer has been silent too long.
 
@@ -55,6 +63,7 @@ from typing import Any
 
 import trio
 
+from gateway.media.addresses import MediaAddress, MediaAddresses, canonical_host
 from gateway.media.forwarding import (
     LegPath,
     accept_packet,
@@ -109,21 +118,6 @@ _PORT_TAKEN = frozenset({errno.EADDRINUSE, errno.EACCES})
 
 class PortsExhausted(Exception):
     """No free RTP/RTCP port pair is left in the allocator's range."""
-
-
-def canonical_host(host: str) -> tuple[socket.AddressFamily, str]:
-    """The family and canonical text of a numeric IP address.
-
-    Canonical means what the kernel reports as a packet's source, so SDP
-    addresses and received sources compare as plain strings.
-    """
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            packed = socket.inet_pton(family, host)
-        except (OSError, ValueError):
-            continue
-        return family, socket.inet_ntop(family, packed)
-    raise ValueError(f"not a numeric IPv4 or IPv6 address: {host!r}")
 
 
 def _udp_socket(
@@ -289,47 +283,70 @@ class _Transcoding:
             self.wake.set()
 
 
+@dataclass(eq=False)
+class _PumpGroup:
+    """The four packet loops over one set of port pairs, in a cancel scope of their own.
+
+    A loop holds its sockets for as long as it runs (the plain loop keeps them in
+    locals), so moving a leg ends the whole group and starts a new one; the pairs
+    it retired close only once its loops have exited.
+    """
+
+    pairs: dict[Leg, PortPair]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    retired: list[PortPair] = field(default_factory=list)
+
+
 class MediaSession:
     """The relay of one call: legs "a" and "b", RTP and RTCP each.
 
-    ``host_for_sdp`` is the address the call writes into the SDP it sends
-    (the public address when the box sits behind a 1:1 NAT); the sockets bind
-    on the allocator's host. ``latch_window`` and ``symmetric_any_host`` are
-    the latching policy of :mod:`gateway.media.latching`.
-
-    ``alternate`` (with its own ``alternate_host_for_sdp``) is an allocator of
-    the other address family: a leg opened in that family bridges IPv6 on one
-    leg and IPv4 on the other (the packet step does not care which family a
-    socket has).
+    ``addresses`` are the media addresses a leg may bind on
+    (:class:`~gateway.media.addresses.MediaAddresses`, by network role and
+    family). A plain :class:`PortAllocator` stands for role-less addresses:
+    ``host_for_sdp`` is the address the call writes into the SDP it sends (the
+    public address when the box sits behind a 1:1 NAT; default the allocator's
+    host), and ``alternate`` (with its own ``alternate_host_for_sdp``) is an
+    allocator of the other address family: a leg opened in that family bridges
+    IPv6 on one leg and IPv4 on the other (the packet step does not care which
+    family a socket has). ``latch_window`` and ``symmetric_any_host`` are the
+    latching policy of :mod:`gateway.media.latching`.
     """
 
     def __init__(
         self,
-        allocator: PortAllocator,
+        addresses: PortAllocator | MediaAddresses,
         *,
-        host_for_sdp: str,
+        host_for_sdp: str | None = None,
         latch_window: float,
         clock: Callable[[], float] = trio.current_time,
         symmetric_any_host: bool = True,
         alternate: PortAllocator | None = None,
         alternate_host_for_sdp: str | None = None,
     ) -> None:
-        self._allocator = allocator
-        _, self.host_for_sdp = canonical_host(host_for_sdp)
-        self._allocators = {allocator.family: (allocator, self.host_for_sdp)}
-        if alternate is not None:
-            if alternate.family == allocator.family:
-                raise ValueError("the alternate media allocator must be of the other family")
-            _, alternate_host = canonical_host(alternate_host_for_sdp or alternate.host)
-            self._allocators[alternate.family] = (alternate, alternate_host)
-        self._families: dict[str, socket.AddressFamily] = {}
+        if isinstance(addresses, PortAllocator):
+            addresses = MediaAddresses.single(
+                addresses, host_for_sdp or addresses.host, alternate, alternate_host_for_sdp
+            )
+        elif host_for_sdp is not None or alternate is not None or alternate_host_for_sdp:
+            raise ValueError(
+                "host_for_sdp and alternate go with a PortAllocator: "
+                "MediaAddresses carry their own SDP addresses"
+            )
+        self.addresses = addresses
+        self.host_for_sdp = addresses.default.sdp_host
+        # The address each leg is bound on (set by open()/run(), changed by move_leg()).
+        self._picked: dict[Leg, MediaAddress] = {}
         self._clock = clock
         self.state = SessionState.create(
             latch_window=latch_window, symmetric_any_host=symmetric_any_host
         )
-        self._pairs: dict[str, PortPair] = {}
+        self._pairs: dict[Leg, PortPair] = {}
+        self._pumps: _PumpGroup | None = None
+        # Pairs moved away from whose loops may still be exiting; closed by then at the latest.
+        self._retired: list[PortPair] = []
         self._started_at: float | None = None
         self._run_called = False
+        self._closed = False
         state = self.state
         self.paths: dict[Leg, LegPath] = {
             "a": LegPath(state.a_rtp, state.a_rtcp),
@@ -369,13 +386,16 @@ class MediaSession:
 
     @property
     def families(self) -> tuple[socket.AddressFamily, ...]:
-        """The address families this session can open a leg in."""
-        return tuple(self._allocators)
+        """The address families this session can open a role-less leg in."""
+        return self.addresses.families()
+
+    def address(self, leg: str) -> MediaAddress:
+        """The media address ``leg`` is bound on (before it is: the default one)."""
+        return self._picked.get(_as_leg(leg), self.addresses.default)
 
     def sdp_host(self, leg: str) -> str:
         """The address written into SDP toward ``leg`` (its family is the leg's own)."""
-        family = self._families.get(leg, self._allocator.family)
-        return self._allocators[family][1]
+        return self.address(leg).sdp_host
 
     def set_remote(self, leg: str, host: str, rtp_port: int, rtcp_port: int | None = None) -> None:
         """Record the media address the peer of ``leg`` announced in its SDP.
@@ -391,7 +411,7 @@ class MediaSession:
         rtp_ep = self.state.endpoint(_as_leg(leg), "rtp")
         rtcp_ep = self.state.endpoint(_as_leg(leg), "rtcp")
         family, canonical = canonical_host(host)
-        mine = self._families.get(leg, self._allocator.family)
+        mine = self.address(leg).family
         if family != mine:
             raise ValueError(
                 f"leg {leg}: remote media address {host} is "
@@ -532,10 +552,17 @@ class MediaSession:
         return (state.a_rtp, state.a_rtcp, state.b_rtp, state.b_rtcp)
 
     async def run(
-        self, *, task_status: trio.TaskStatus[LocalPorts] = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        families: dict[str, socket.AddressFamily] | None = None,
+        roles: dict[str, str] | None = None,
+        task_status: trio.TaskStatus[LocalPorts] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Bind both legs' ports, report them, then relay until cancelled."""
-        ports = self._bind()
+        """Bind both legs' ports, report them, then relay until cancelled.
+
+        ``families`` and ``roles`` choose each leg's address as for :meth:`open`.
+        """
+        ports = self._bind(families, roles)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -545,32 +572,42 @@ class MediaSession:
             self.close()
 
     def open(
-        self, nursery: trio.Nursery, families: dict[str, socket.AddressFamily] | None = None
+        self,
+        nursery: trio.Nursery,
+        families: dict[str, socket.AddressFamily] | None = None,
+        roles: dict[str, str] | None = None,
     ) -> LocalPorts:
         """Bind both legs' ports and start relaying in ``nursery``; the ports, bound.
 
-        For a caller that already has a nursery (the call's own): no task or
-        nursery of the session's own. Call :meth:`close` once ``nursery`` has
-        exited, so the sockets close only after their loops have ended. ``families``
-        chooses a leg's address family (default: the main allocator's).
+        For a caller that already has a nursery (the call's own): the loops run
+        in it, with no task of the session's own around them. Call :meth:`close`
+        once ``nursery`` has exited, so the sockets close only after their loops
+        have ended. Each leg binds on ``addresses.pick(roles[leg], families[leg])``
+        (default: role ``""``, the role's first family).
         """
-        ports = self._bind(families)
+        ports = self._bind(families, roles)
         self._nursery = nursery
         self._start_pumps(nursery)
         return ports
 
-    def _bind(self, families: dict[str, socket.AddressFamily] | None = None) -> LocalPorts:
+    def _bind(
+        self,
+        families: dict[str, socket.AddressFamily] | None = None,
+        roles: dict[str, str] | None = None,
+    ) -> LocalPorts:
         if self._run_called:
             raise RuntimeError("a MediaSession may be started only once (run() or open())")
         self._run_called = True
-        for leg in ("a", "b"):
-            wanted = (families or {}).get(leg, self._allocator.family)
-            # A family the box has no media address in: the leg stays in the main one,
+        legs: tuple[Leg, ...] = ("a", "b")
+        for leg in legs:
+            # A family the box has no media address in: the leg gets another one,
             # and the offer/answer refuses the peer's address (488).
-            self._families[leg] = wanted if wanted in self._allocators else self._allocator.family
-        a = self._allocators[self._families["a"]][0].allocate()
+            self._picked[leg] = self.addresses.pick(
+                (roles or {}).get(leg, ""), (families or {}).get(leg)
+            )
+        a = self._picked["a"].allocator.allocate()
         try:
-            b = self._allocators[self._families["b"]][0].allocate()
+            b = self._picked["b"].allocator.allocate()
         except BaseException:
             a.close()
             raise
@@ -579,29 +616,84 @@ class MediaSession:
         return self.local_ports
 
     def _start_pumps(self, nursery: trio.Nursery) -> None:
-        for leg in ("a", "b"):
-            for stream in ("rtp", "rtcp"):
-                nursery.start_soon(self._pump, leg, stream)
+        group = _PumpGroup(dict(self._pairs))
+        nursery.start_soon(self._run_pumps, group)
+        self._pumps = group
+
+    async def _run_pumps(self, group: _PumpGroup) -> None:
+        try:
+            if self._closed:
+                return  # closed before this group's loops began: its sockets are gone
+            with group.scope:
+                async with trio.open_nursery() as nursery:
+                    for leg in ("a", "b"):
+                        for stream in ("rtp", "rtcp"):
+                            nursery.start_soon(self._pump, group.pairs, leg, stream)
+        finally:
+            # The group's loops have all exited: nothing waits on these sockets now.
+            for pair in group.retired:
+                _close_pair(pair)
+                self._retired.remove(pair)
+
+    def move_leg(
+        self, leg: str, role: str, family: socket.AddressFamily | None = None
+    ) -> tuple[int, int]:
+        """Bind ``leg`` on ``addresses.pick(role, family)`` while the relay runs; its ports.
+
+        For a callee leg whose route changed role (an app that did not answer, then
+        a carrier trunk). Already there: nothing changes. Else a new pair is bound
+        first (:class:`PortsExhausted` leaves everything as it was), the loops
+        restart on it and the old pair closes once the old loops have exited. The
+        leg forgets its peer's address and latch: call :meth:`set_remote` with the
+        new peer's SDP. Its counters, keys and payload types stay as they were.
+        """
+        side = _as_leg(leg)
+        if self._closed:
+            raise RuntimeError("media session is closed: cannot move a leg")
+        old_group, nursery = self._pumps, self._nursery
+        if old_group is None or nursery is None:
+            raise RuntimeError("media session not started: open() or run() it first")
+        target = self.addresses.pick(role, family)
+        old = self._pairs[side]
+        if target == self._picked[side]:
+            return (old.rtp_port, old.rtcp_port)
+        new = target.allocator.allocate()
+        pairs = {**self._pairs, side: new}
+        group = _PumpGroup(pairs)
+        try:
+            nursery.start_soon(self._run_pumps, group)
+        except BaseException:
+            new.close()
+            raise
+        # From here on nothing can fail: the old group ends and retires the old pair.
+        old_group.retired.append(old)
+        self._retired.append(old)
+        old_group.scope.cancel()
+        self._pumps, self._pairs = group, pairs
+        self._picked[side] = target
+        now = self._clock()
+        rebind(self.state.endpoint(side, "rtp"), None, now)
+        rebind(self.state.endpoint(side, "rtcp"), None, now)
+        return (new.rtp_port, new.rtcp_port)
 
     def _socket(self, leg: Leg, stream: Stream) -> socket.socket:
         pair = self._pairs[leg]
         return pair.rtcp_socket if stream == "rtcp" else pair.rtp_socket
 
     def close(self) -> None:
-        """Close the sockets and hand the ports back (idempotent; nothing to do unopened)."""
-        for pair in self._pairs.values():
-            if pair.closed:
-                continue
-            # Trio must forget the fds before they are closed and reused.
-            trio.lowlevel.notify_closing(pair.rtp_socket)
-            trio.lowlevel.notify_closing(pair.rtcp_socket)
-            pair.close()
+        """Close the sockets and hand the ports back (idempotent; nothing to do unopened).
 
-    async def _pump(self, leg: Leg, stream: Stream) -> None:
+        Pairs retired by :meth:`move_leg` whose loops have not exited yet close too.
+        """
+        self._closed = True
+        for pair in (*self._pairs.values(), *self._retired):
+            _close_pair(pair)
+
+    async def _pump(self, pairs: dict[Leg, PortPair], leg: Leg, stream: Stream) -> None:
         """Relay what arrives on one socket of ``leg`` to the other leg."""
         other: Leg = "b" if leg == "a" else "a"
-        rx = self._socket(leg, stream)
-        tx = self._socket(other, stream)
+        rx = pairs[leg].rtcp_socket if stream == "rtcp" else pairs[leg].rtp_socket
+        tx = pairs[other].rtcp_socket if stream == "rtcp" else pairs[other].rtp_socket
         src_ep = self.state.endpoint(leg, stream)
         dst_ep = self.state.endpoint(other, stream)
         # One receive buffer per socket for the whole call, whichever path reads it.
@@ -822,6 +914,15 @@ class MediaSession:
                 dst_ep.bytes_out += n
                 if tap is not None:
                     tap(bytes(view[:n]), tx_local, destination)
+
+
+def _close_pair(pair: PortPair) -> None:
+    if pair.closed:
+        return
+    # Trio must forget the fds before they are closed and reused.
+    trio.lowlevel.notify_closing(pair.rtp_socket)
+    trio.lowlevel.notify_closing(pair.rtcp_socket)
+    pair.close()
 
 
 async def _send_when_writable(tx: socket.socket, data: memoryview, destination: Address) -> bool:

@@ -204,8 +204,13 @@ class TcpTransport:
         assert self._nursery is not None
         self._nursery.start_soon(self._run_connection, conn, stream)
 
-    def send(self, data: bytes, remote: Address, conn_id: str | None) -> bool:
-        """Send over the flow named, else a live connection to `remote`, else a new one."""
+    def send(
+        self, data: bytes, remote: Address, conn_id: str | None, local_host: str | None = None
+    ) -> bool:
+        """Send over the flow named, else a live connection to `remote`, else a new one.
+
+        A new connection binds its source to `local_host` (any port) when given: the
+        address of the network role it belongs to, which policy routing keys on."""
         conn = self.by_id.get(conn_id) if conn_id else None
         if conn is None:
             conn = self.by_remote.get(remote)
@@ -214,7 +219,7 @@ class TcpTransport:
                 return False  # RFC 5626: the flow is gone; the caller reports 430/408
             conn = self._new_connection(("", 0), remote)
             assert self._nursery is not None
-            self._nursery.start_soon(self._run_connection, conn, None)
+            self._nursery.start_soon(self._run_connection, conn, None, local_host)
         return conn.send(data)
 
     async def _secure(
@@ -223,13 +228,15 @@ class TcpTransport:
         """What the framing reads and writes: the socket itself for plain TCP."""
         return raw
 
-    async def _run_connection(self, conn: TcpConnection, raw: trio.SocketStream | None) -> None:
+    async def _run_connection(
+        self, conn: TcpConnection, raw: trio.SocketStream | None, local_host: str | None = None
+    ) -> None:
         stream: trio.abc.Stream | None = None
         try:
             with conn.cancel:
                 inbound = raw is not None
                 if raw is None:
-                    raw = await self._connect(conn)
+                    raw = await self._connect(conn, local_host)
                 stream = await self._secure(conn, raw, inbound=inbound)
                 conn.stream = stream
                 async with trio.open_nursery() as nursery:
@@ -245,11 +252,17 @@ class TcpTransport:
                 del self.by_remote[conn.remote]
             await self._close(conn, stream or raw)
 
-    async def _connect(self, conn: TcpConnection) -> trio.SocketStream:
+    async def _connect(self, conn: TcpConnection, local_host: str | None) -> trio.SocketStream:
         try:
-            raw = await trio.open_tcp_stream(*conn.remote)
+            raw = await trio.open_tcp_stream(*conn.remote, local_address=local_host)
         except OSError as exc:
-            log.info("connect failed", transport=self.name, remote=conn.remote, error=str(exc))
+            log.info(
+                "connect failed",
+                transport=self.name,
+                remote=conn.remote,
+                local=local_host,
+                error=str(exc),
+            )
             raise SetupFailed from exc
         conn.local = raw.socket.getsockname()[:2]
         mark(raw.socket, self.dscp)

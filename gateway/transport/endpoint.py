@@ -7,6 +7,11 @@ transactions ask for (transmit, deliver, time out) is carried out here; nothing
 below this module sleeps or sends. Malformed requests get a 400 whose reason
 names the problem, or are dropped when no response can be addressed (DESIGN
 rule 6).
+
+Listeners may belong to network roles (access, carrier, mgmt). A request to a
+destination of a role leaves from that role's listener and names it in Via and
+Contact (`pick_listener`), so that policy routing per role sends it out of the
+role's own interface.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -157,9 +163,18 @@ class SipEndpoint:
         tls: list[Address] | None = None,
         tls_contexts: TlsContexts | None = None,
         dscp: int = DSCP_CS3,
+        address_roles: Mapping[str, str] | None = None,
     ) -> None:
         """`tls` listeners need `tls_contexts.server`; without contexts the gateway can still
-        open TLS connections (verifying against the system CAs) but not accept them."""
+        open TLS connections (verifying against the system CAs) but not accept them.
+
+        `address_roles` maps a listener's IP address to its network role; listeners not in
+        it have role "" (see `pick_listener`)."""
+        self._roles = {_canonical_host(host): role for host, role in (address_roles or {}).items()}
+        # Which listener serves (transport, role, IPv6?): asked for every request we send,
+        # so chosen once per key; cleared whenever the listeners change.
+        self._local_choice: dict[tuple[str, str, bool], Address] = {}
+        self._udp_choice: dict[tuple[str, bool], UdpListener] = {}
         self._udp_addresses = udp
         self._tcp_addresses = tcp
         self._tls_addresses = tls or []
@@ -186,6 +201,7 @@ class SipEndpoint:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind every listener, report started, then serve until cancelled."""
         self.udp = [UdpListener(host, port, self._dscp) for host, port in self._udp_addresses]
+        self._forget_choices()
         try:
             async with trio.open_nursery() as nursery:
                 for listener in self.udp:
@@ -199,6 +215,7 @@ class SipEndpoint:
                         transport.serve, addresses, self._on_bytes, self._on_framing_error
                     )
                 nursery.start_soon(self._timer_loop)
+                self._forget_choices()  # the stream listeners are bound only now
                 task_status.started()
         finally:
             for listener in self.udp:
@@ -233,22 +250,32 @@ class SipEndpoint:
 
     # ---- addresses -------------------------------------------------------------------
 
-    def local_address(self, transport: str, family_host: str | None = None) -> Address:
-        """The listener address to advertise for `transport` (Via sent-by, Contact)."""
-        candidates = [listener.local for listener in self.udp]
-        if transport == "tls":
-            candidates = self.tls.listen_addresses or self.tcp.listen_addresses or candidates
-        elif transport != "udp":
-            candidates = self.tcp.listen_addresses or candidates
-        want_v6 = family_host is not None and ":" in family_host
-        for address in candidates:
-            if (":" in address[0]) == want_v6:
-                return address
-        return candidates[0]
+    def _forget_choices(self) -> None:
+        self._local_choice.clear()
+        self._udp_choice.clear()
 
-    def contact_uri(self, transport: str, remote_host: str | None = None) -> str:
+    def local_address(
+        self, transport: str, family_host: str | None = None, role: str = ""
+    ) -> Address:
+        """The listener address to advertise for `transport` (Via sent-by, Contact) to a
+        peer at `family_host` (its family decides) reached through network `role`."""
+        want_v6 = family_host is not None and ":" in family_host
+        key = (transport, role, want_v6)
+        address = self._local_choice.get(key)
+        if address is None:
+            candidates = [listener.local for listener in self.udp]
+            if transport == "tls":
+                candidates = self.tls.listen_addresses or self.tcp.listen_addresses or candidates
+            elif transport != "udp":
+                candidates = self.tcp.listen_addresses or candidates
+            hosts = [host for host, _port in candidates]
+            address = candidates[pick_listener(hosts, self._roles, role, want_v6)]
+            self._local_choice[key] = address
+        return address
+
+    def contact_uri(self, transport: str, remote_host: str | None = None, role: str = "") -> str:
         """Our URI for Contact: `;transport=tcp|tls` for streams (RFC 3261 19.1.1)."""
-        address = self.local_address(transport, remote_host)
+        address = self.local_address(transport, remote_host, role)
         suffix = "" if transport == "udp" else f";transport={transport}"
         return f"sip:{hostport(address)}{suffix}"
 
@@ -377,7 +404,13 @@ class SipEndpoint:
     # ---- outgoing ----------------------------------------------------------------------
 
     def new_via(self, destination: Destination) -> Via:
-        local = self.local_address(destination.transport, destination.address[0])
+        flow = destination.flow
+        if flow is not None and flow.transport == "udp" and flow.local[0] not in _WILDCARDS:
+            local = flow.local  # what the request leaves from (RFC 3261 18.1.1)
+        else:
+            local = self.local_address(
+                destination.transport, destination.address[0], destination.role
+            )
         params: dict[str, str | None] = {"branch": new_branch(), "rport": None}
         return Via(destination.transport.upper(), local[0], local[1], params)
 
@@ -478,25 +511,41 @@ class SipEndpoint:
             return
         transport = destination.transport
         if transport == "udp":
-            listener = self._udp_for(destination.address[0])
+            listener = self._udp_for(destination.address[0], destination.role)
             if self.tap is not None:
                 self.tap(data, Flow("udp", listener.local, destination.address), True)
             listener.send(data, destination.address)
         else:
             streams = self.stream_transport(transport)
-            streams.send(data, destination.address, None)
+            streams.send(data, destination.address, None, self._source_host(destination))
             conn = streams.by_remote.get(destination.address) if self.tap is not None else None
             if self.tap is not None and conn is not None:
                 # A connection opened just now has no local address yet: our listener's.
-                local = conn.local if conn.local[1] else self.local_address(transport)
+                local = (
+                    conn.local
+                    if conn.local[1]
+                    else self.local_address(transport, destination.address[0], destination.role)
+                )
                 self.tap(data, Flow(transport, local, conn.remote, conn.conn_id), True)
 
-    def _udp_for(self, host: str) -> UdpListener:
+    def _source_host(self, destination: Destination) -> str | None:
+        """The address a new connection for a role binds to: its listener's, unless that
+        listener is a wildcard (then the routing table picks, as without roles)."""
+        if not destination.role:
+            return None
+        host, _port = self.local_address(
+            destination.transport, destination.address[0], destination.role
+        )
+        return None if host in _WILDCARDS else host
+
+    def _udp_for(self, host: str, role: str = "") -> UdpListener:
         want_v6 = ":" in host
-        for listener in self.udp:
-            if (":" in listener.local[0]) == want_v6:
-                return listener
-        return self.udp[0]
+        listener = self._udp_choice.get((role, want_v6))
+        if listener is None:
+            hosts = [udp.local[0] for udp in self.udp]
+            listener = self.udp[pick_listener(hosts, self._roles, role, want_v6)]
+            self._udp_choice[(role, want_v6)] = listener
+        return listener
 
     def _send_raw(self, data: bytes, flow: Flow) -> None:
         if self.tap is not None:
@@ -530,6 +579,32 @@ class SipEndpoint:
         """For a retransmitted response whose transaction is not at hand: the Via says where."""
         transport = response.top_via.transport.lower()
         return Flow(transport, self.udp[0].local, _via_return_address(response))
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+
+def pick_listener(hosts: Sequence[str], roles: Mapping[str, str], role: str, want_v6: bool) -> int:
+    """Which of the listeners at `hosts` a message for network `role` leaves from.
+
+    Of the wanted family (IPv6 or not): the role's own listener, else one with no role
+    (`roles` maps host -> role; a host not in it has role ""), else any; else the first.
+    """
+    family = [index for index, host in enumerate(hosts) if (":" in host) == want_v6]
+    for wanted in (role, ""):
+        for index in family:
+            if roles.get(hosts[index], "") == wanted:
+                return index
+    return family[0] if family else 0
+
+
+def _canonical_host(host: str) -> str:
+    """An IP address as a socket reports it (compressed IPv6), so lookups by bound address
+    find it; anything else as given."""
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host
 
 
 def _via_return_address(message: Request | Response) -> Address:

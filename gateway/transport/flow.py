@@ -35,11 +35,17 @@ class Flow:
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    """Where to send a request that starts a transaction: an address, or a known flow."""
+    """Where to send a request that starts a transaction: an address, or a known flow.
+
+    `role` is the network role ("access", "carrier", "mgmt"; "" for none) whose listener
+    the request leaves from when no flow is known, so that each role's policy routing
+    sees its own source address.
+    """
 
     transport: str
     address: Address
     flow: Flow | None = None
+    role: str = ""
 
     @classmethod
     def for_uri(cls, uri: SipUri) -> Destination:

@@ -600,6 +600,10 @@ class GatewaySettings:
     # use and lateness are the test's as much as the gateway's.
     limits_toml: str = "max_cpu = 0.0\nmax_loop_lag = 0.0"
     extra_toml: str = ""  # appended to the config: more trunks, [routing], ...
+    # Network roles: the 127.0.0.1 (and ::1) listeners' role, and an address with UDP and
+    # TCP listeners of the carrier role on the same port (empty: none).
+    listen_role: str = ""
+    carrier_host: str = ""
 
 
 def gateway_config_text(
@@ -611,11 +615,14 @@ def gateway_config_text(
     tls_port: int = 0,
 ) -> str:
     hosts = ["127.0.0.1", "::1"] if settings.ipv6 else ["127.0.0.1"]
-    listen = [(t, h, sip_port) for h in hosts for t in ("udp", "tcp")]
+    role = settings.listen_role
+    listen = [(t, h, sip_port, role) for h in hosts for t in ("udp", "tcp")]
     if settings.tls:
-        listen += [("tls", h, tls_port) for h in hosts]
+        listen += [("tls", h, tls_port, role) for h in hosts]
+    if settings.carrier_host:
+        listen += [(t, settings.carrier_host, sip_port, "carrier") for t in ("udp", "tcp")]
     listen_toml = ",\n    ".join(
-        f'{{ transport = "{t}", host = "{h}", port = {p} }}' for t, h, p in listen
+        f'{{ transport = "{t}", host = "{h}", port = {p}, role = "{r}" }}' for t, h, p, r in listen
     )
     subscribers = "".join(
         textwrap.dedent(
@@ -687,6 +694,8 @@ class GatewayUnderTest:
 
     def __post_init__(self) -> None:
         hosts = ["127.0.0.1", "::1"] if self.settings.ipv6 else ["127.0.0.1"]
+        if self.settings.carrier_host:
+            hosts.append(self.settings.carrier_host)
         self.sip_port = free_sip_port(hosts)
         if self.settings.tls:
             self.tls_port = free_sip_port(hosts)

@@ -9,9 +9,9 @@ Then user 1001 (sipp, digest auth, UDP) in A calls a number routed to the carrie
 a sipp UAS in C that echoes RTP; an RtpPeer in A sends RTP to the gateway's relay and
 counts what comes back through both legs, and the call ends with a CDR.
 
-The media relay is bound to 0.0.0.0 and advertises the access address. Bound to the
-access address alone, as the carrier tests have it, policy routing would refuse the
-carrier leg's RTP ("No route to host"): per-role media sockets are still to come.
+Each leg's SIP and media use its role's address (gateway.net.roles): the app leg
+203.0.113.1, the carrier leg 198.51.100.1. From any other source address, policy routing
+would send the carrier leg's packets by the access role's table, which refuses them.
 
 Last, `edgegw net apply --yes` with a config whose check must fail (a SIP listener on a
 new access address the running gateway does not serve) rolls back: addresses, routes and
@@ -96,9 +96,9 @@ def network_toml(access: str, carrier: str, extra_access: str = "") -> str:
     """
 
 
-def gateway_toml(password: str, media_host: str, extra_listen: str = "") -> str:
-    """SIP on both roles' addresses (the carrier's first: requests to the trunk leave from
-    the first UDP listener); media bound to `media_host`, advertised as the access address."""
+def gateway_toml(password: str, extra_listen: str = "") -> str:
+    """SIP on both roles' addresses, the access one first (requests to the trunk must
+    still leave from the carrier one); media on each role's address, from [network]."""
     extra = (
         f'{{ transport = "udp", host = "{extra_listen}", port = 5060 }},' if extra_listen else ""
     )
@@ -108,15 +108,13 @@ def gateway_toml(password: str, media_host: str, extra_listen: str = "") -> str:
         log_level = "debug"
         [sip]
         listen = [
-            {{ transport = "udp", host = "{GATEWAY_CARRIER_ADDRESS}", port = 5060 }},
             {{ transport = "udp", host = "{GATEWAY_APP_ADDRESS}", port = 5060 }},
+            {{ transport = "udp", host = "{GATEWAY_CARRIER_ADDRESS}", port = 5060 }},
             {extra}
         ]
         t1 = 0.1
         t2 = 0.4
         [media]
-        host = "{media_host}"
-        advertised_host = "{GATEWAY_APP_ADDRESS}"
         port_min = {MEDIA_PORTS[0]}
         port_max = {MEDIA_PORTS[1]}
         timeout = 10.0
@@ -155,7 +153,6 @@ class NetLab:
     edge: EdgeTopology
     stack: contextlib.ExitStack
     password: str
-    media_host: str = GATEWAY_APP_ADDRESS
 
     @property
     def access(self) -> str:
@@ -179,7 +176,7 @@ class NetLab:
 
     def start_gateway(self) -> GatewayProcess:
         network = network_toml(self.access, self.carrier_link)
-        text = network + gateway_toml(self.password, self.media_host)
+        text = network + gateway_toml(self.password)
         with self.edge.gateway.entered():
             return self.stack.enter_context(gateway_process(self.tmp, text))
 
@@ -245,15 +242,7 @@ def wait_cdr(gateway: GatewayProcess, timeout: float = 5.0) -> dict[str, Any]:
     return records[0]
 
 
-# The relay binds its sockets to 0.0.0.0 here (advertising the access address): the kernel
-# then picks each leg's source by the routes, and the call passes both roles' firewall
-# chains. Bound to the access address alone, the carrier leg's RTP would leave from
-# 203.0.113.1, which the access role's policy table (unreachable default) refuses: per-role
-# media sockets are still to come (issue 5, "SIP and RTP sockets bound per role").
-
-
 def test_call_crosses_the_applied_network_and_a_failed_apply_rolls_back(lab: NetLab) -> None:
-    lab.media_host = "0.0.0.0"
     gateway = lab.start_gateway()
     assert snapshot(lab.edge.gateway)[1] is None, "no firewall before the apply"
 
@@ -303,6 +292,8 @@ def test_call_crosses_the_applied_network_and_a_failed_apply_rolls_back(lab: Net
     assert (call["route"], call["trunk"], call["state"]) == ("trunk", "carrier", "answered")
     assert call["media"]["b"]["rtp"]["latched"] == [CARRIER_ADDRESS, carrier.media_port]
     assert call["media"]["b"]["rtp"]["packets_in"] == PACKETS
+    assert call["media"]["a"]["rtp"]["local"][0] == GATEWAY_APP_ADDRESS
+    assert call["media"]["b"]["rtp"]["local"][0] == GATEWAY_CARRIER_ADDRESS
 
     called = uac.wait()
     assert called.ok, called.describe()
@@ -312,7 +303,8 @@ def test_call_crosses_the_applied_network_and_a_failed_apply_rolls_back(lab: Net
     assert invite.first_line == (
         f"INVITE sip:{CARRIER_NUMBER}@{CARRIER_ADDRESS}:{CARRIER_SIP_PORT} SIP/2.0"
     ), invite.text
-    assert sdp_media_address(invite.body)[0] == GATEWAY_APP_ADDRESS, invite.body
+    assert sdp_media_address(invite.body)[0] == GATEWAY_CARRIER_ADDRESS, invite.body
+    assert f"SIP/2.0/UDP {GATEWAY_CARRIER_ADDRESS}:5060" in (invite.header("Via") or "")
     cdr = wait_cdr(gateway)
     assert (cdr["route"], cdr["trunk"], cdr["callee"]) == ("trunk", "carrier", CARRIER_NUMBER)
     assert (cdr["disposition"], cdr["end_reason"]) == ("answered", "caller-bye"), cdr
@@ -322,7 +314,7 @@ def test_call_crosses_the_applied_network_and_a_failed_apply_rolls_back(lab: Net
     failing = lab.write_config(
         "failing.toml",
         network_toml(lab.access, lab.carrier_link, extra_access=UNSERVED_ADDRESS)
-        + gateway_toml(lab.password, lab.media_host, extra_listen=UNSERVED_ADDRESS),
+        + gateway_toml(lab.password, extra_listen=UNSERVED_ADDRESS),
     )
     started = time.monotonic()
     refused = lab.net_apply(failing)

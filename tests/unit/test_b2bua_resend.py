@@ -11,6 +11,7 @@ import trio.testing
 from gateway.calls.b2bua import Call
 from gateway.calls.router import TrunkRoute
 from gateway.config import Config, parse_config
+from gateway.media.addresses import MediaAddresses
 from gateway.media.relay import PortAllocator
 from gateway.sip.dialog import Dialog
 from gateway.sip.message import Request, Response, make_response, parse
@@ -59,8 +60,7 @@ class FakeServer:
 class FakeHost:
     endpoint: FakeEndpoint
     config: Config
-    allocator: PortAllocator
-    alternate_allocator: PortAllocator | None = None
+    media_addresses: MediaAddresses
 
 
 def make_call() -> tuple[Call, FakeEndpoint, Response]:
@@ -68,7 +68,8 @@ def make_call() -> tuple[Call, FakeEndpoint, Response]:
     assert isinstance(invite, Request)
     endpoint = FakeEndpoint()
     base = random.randrange(50000, 54000, 2)
-    host = FakeHost(endpoint, CONFIG, PortAllocator("127.0.0.1", base, base + 99))
+    allocator = PortAllocator("127.0.0.1", base, base + 99)
+    host = FakeHost(endpoint, CONFIG, MediaAddresses.single(allocator, "127.0.0.1"))
     server = FakeServer(invite)
     route = TrunkRoute(CONFIG.trunks[0], "+8613800138000")
     dialog = Dialog.as_uas(invite, server.local_tag, "")
