@@ -30,6 +30,7 @@ from gateway.calls.trunk_registration import TrunkRegistrations
 from gateway.config import Config
 from gateway.control.capture import CaptureRegistry
 from gateway.control.cdr_query import CdrQuery, fetch_cdrs
+from gateway.control.config_edit import ConfigEditor
 from gateway.control.diagnostics import diagnostics_handlers
 from gateway.control.disk import DiskMonitor, LogFileError, open_log_file
 from gateway.control.http import run_http
@@ -164,6 +165,8 @@ class Gateway:
                 # Provisioning, backup and the diag bundle (gateway.control.provisioning).
                 **Provisioning(self.store, self.core, self.registrar, self.store.path).handlers(),
                 **diagnostics_handlers(lambda: self.config),
+                # Trunks and partners: edits of the config file, applied by a reload.
+                **ConfigEditor(self.reloader).handlers(),
             },
         )
         self._core_scope = trio.CancelScope()

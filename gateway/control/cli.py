@@ -32,7 +32,7 @@ from rich.live import Live
 from rich.table import Table
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, default_config, load_config
+from gateway.config import Config, ConfigError, default_config, dump_default_toml, load_config
 from gateway.control.client import ControlClient, ControlError, GatewayNotRunning
 from gateway.store.cdr_export import cdrs_to_csv, cdrs_to_json
 from gateway.store.model import Cdr
@@ -181,6 +181,28 @@ def config_check(file: Path) -> None:
         click.echo(problem, err=True)
         raise click.exceptions.Exit(EXIT_FAILED)
     click.echo(f"{file}: ok")
+
+
+@config_group.command("default")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file (refused if it exists) instead of stdout.",
+)
+def config_default(output: Path | None) -> None:
+    """Print the embedded default (the demo) as TOML, to edit and start with --config."""
+    text = dump_default_toml()
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with output.open("x", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as exc:
+        click.echo(f"{output}: {exc.strerror or exc}: nothing written", err=True)
+        raise click.exceptions.Exit(EXIT_FAILED) from exc
+    click.echo(f"{output}: written; start with `edgegw run --config {output}`")
 
 
 def _socket_options(command: _F) -> _F:
@@ -1115,8 +1137,8 @@ PARTNER_COLUMNS = ("name", "balance", "pool_size", "bindings", "bill_user", "cal
 NUMBER_COLUMNS = ("number", "owner", "state", "binding", "expires_at")
 _AMOUNT_TEXT = "a decimal of whole cents such as 10 or 12.50"
 _CONFIG_ONLY = (
-    "Trunks and partners (their keys, pools and initial budgets) are configured in the "
-    "config file only: edit it and run `edgegw config reload`; `edgegw trunks` shows trunks."
+    "Trunks and partners (their keys, pools and initial budgets) are kept in the config file "
+    "only: `edgegw trunk|partner add|set|remove` edit it and apply the change at once."
 )
 
 
@@ -1411,7 +1433,7 @@ def balance_ledger(
     _show_rows(result, as_json, f"ledger of {account}", LEDGER_COLUMNS)
 
 
-@cli.group("partner", help=f"Partner platforms (read-only here). {_CONFIG_ONLY}")
+@cli.group("partner", help=f"Partner platforms. {_CONFIG_ONLY}")
 def partner_group() -> None:
     pass
 
@@ -1619,6 +1641,318 @@ def export_path_in_var(socket: Path, since: float, until: float | None, fmt: str
     except OSError as exc:
         _fail(f"cannot make {path.parent}: {exc.strerror or exc}")
     return path
+
+
+# ---- trunk and partner provisioning ----
+# `edgegw trunk|partner add|set|remove|show`: the gateway edits its config file and reloads it
+# (gateway.control.config_edit); a refused change writes nothing (exit 1 with the reason).
+
+
+def _prefix_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    # Unlike other lists an empty item stays: "" is the prefix that takes every number.
+    return None if value is None else [item.strip() for item in value.split(",")]
+
+
+def _set_option(command: _F) -> _F:
+    return click.option(
+        "--set",
+        "assignments",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Any other field, VALUE in TOML (options_ping=true, 'billing_increment=[6,6]'); "
+        "repeatable.",
+    )(command)
+
+
+def _trunk_fields(command: _F) -> _F:
+    """The options `trunk add` and `trunk set` share (add also requires --host)."""
+    for option in reversed(
+        [
+            click.option("--port", type=int, help="SIP port [add: 5060]."),
+            click.option("--transport", metavar="udp|tcp|tls", help="[add: udp]."),
+            click.option(
+                "--prefixes",
+                callback=_prefix_list,
+                metavar="DIGITS[,DIGITS...]",
+                help='E.164 prefixes it takes, without "+" ("" every number) [add: ""].',
+            ),
+            click.option(
+                "--codecs",
+                callback=_comma_list,
+                metavar="CODEC[,CODEC...]",
+                help="Codecs in order of preference [add: PCMA,PCMU].",
+            ),
+            click.option("--price-per-minute", metavar="D", help="What the carrier charges."),
+            click.option("--tariff-per-minute", metavar="D", help="What callers pay."),
+            click.option("--priority", type=int, help="Tie-break of equal prices (lower first)."),
+            click.option("--max-channels", type=int, help="Calls at once (0: no limit)."),
+            click.option(
+                "--networks",
+                callback=_comma_list,
+                metavar="CIDR[,CIDR...]",
+                help="Source networks whose INVITEs count as this trunk.",
+            ),
+            click.option(
+                "--register/--no-register",
+                default=None,
+                help="Outbound registration (needs --username and --password).",
+            ),
+            click.option("--username", help="Registration user name."),
+            click.option("--password", help="Registration password (never shown)."),
+            _set_option,
+        ]
+    ):
+        command = option(command)
+    return _socket_options(command)
+
+
+def _partner_fields(command: _F) -> _F:
+    """The options `partner add` and `partner set` share."""
+    for option in reversed(
+        [
+            click.option("--api-key", help="Its bearer key [add: a random one, shown once]."),
+            click.option(
+                "--budget",
+                metavar="D",
+                help="Initial balance of its account (a new partner's; change a balance "
+                "later with `edgegw balance topup`).",
+            ),
+            click.option(
+                "--masked-pool",
+                callback=_comma_list,
+                metavar="E164[,E164...]",
+                help="Its masked numbers (set replaces the whole pool).",
+            ),
+            click.option("--callback-url", metavar="URL", help="Where call events are POSTed."),
+            click.option("--callback-secret", help="HMAC key of the callbacks (never shown)."),
+            click.option(
+                "--bill-user/--no-bill-user",
+                default=None,
+                help="Bill the calling user once its budget is spent [add: no].",
+            ),
+            _set_option,
+        ]
+    ):
+        command = option(command)
+    return _socket_options(command)
+
+
+def _edit_request(
+    name: str, assignments: tuple[str, ...], fields: dict[str, Any]
+) -> dict[str, Any]:
+    return {"name": name, "fields": _changes(**fields), "assignments": list(assignments)}
+
+
+def _saved(result: Mapping[str, Any]) -> str:
+    changed = result.get("changed") or []
+    applied = f"applied ({', '.join(changed)})" if changed else "no change to apply"
+    return f"{result.get('file')} saved, previous version in {result.get('backup')}; {applied}"
+
+
+def _trunk_line(verb: str, result: Any) -> str:
+    if not isinstance(result, dict) or not isinstance(result.get("trunk"), dict):
+        return f"trunk {verb}"
+    trunk = result["trunk"]
+    prefixes = ", ".join(f'"{p}"' if p == "" else p for p in trunk.get("prefixes") or [])
+    return (
+        f"trunk {trunk.get('name')} {verb}: {trunk.get('host')}:{trunk.get('port')} "
+        f"{trunk.get('transport')}, prefixes {prefixes}, codecs "
+        f"{', '.join(trunk.get('codecs') or [])}\n{_saved(result)}"
+    )
+
+
+def _partner_line(verb: str, result: Any) -> str:
+    if not isinstance(result, dict) or not isinstance(result.get("partner"), dict):
+        return f"partner {verb}"
+    partner = result["partner"]
+    return (
+        f"partner {partner.get('name')} {verb}: budget {partner.get('budget')}, "
+        f"{len(partner.get('masked_pool') or [])} masked numbers, bill user "
+        f"{format_cell('bill_user', partner.get('bill_user'))}\n{_saved(result)}"
+    )
+
+
+def _show_entry(kind: str, result: Any, as_json: bool) -> None:
+    if as_json or not isinstance(result, dict):
+        _print_json(result)
+        return
+    table = Table(title=f"{kind} {result.get('name')}", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in result.items():
+        table.add_row(key, format_cell(key, value))
+    _console().print(table)
+
+
+def _edited(kind: str, verb: str, result: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(result)
+    elif kind == "trunk":
+        click.echo(_trunk_line(verb, result))
+    else:
+        click.echo(_partner_line(verb, result))
+
+
+@trunk_group.command("add")
+@click.argument("name")
+@click.option("--host", required=True, help="The carrier's address or host name.")
+@_trunk_fields
+@click.pass_obj
+def trunk_add(
+    options: _GlobalOptions,
+    /,
+    name: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+    assignments: tuple[str, ...],
+    **fields: Any,
+) -> None:
+    """Add trunk NAME to the gateway's config file and apply it at once."""
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "trunk add", **_edit_request(name, assignments, fields))
+    _edited("trunk", "added", result, as_json)
+
+
+@trunk_group.command("set")
+@click.argument("name")
+@click.option("--host", help="The carrier's address or host name.")
+@_trunk_fields
+@click.pass_obj
+def trunk_set(
+    options: _GlobalOptions,
+    /,
+    name: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+    assignments: tuple[str, ...],
+    **fields: Any,
+) -> None:
+    """Change trunk NAME: only the options given change; new calls use it at once."""
+    if not _changes(**fields) and not assignments:
+        raise click.UsageError("nothing to change: give an option such as --port, or --set")
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "trunk set", **_edit_request(name, assignments, fields))
+    _edited("trunk", "changed", result, as_json)
+
+
+@trunk_group.command("remove")
+@click.argument("name")
+@_socket_options
+@click.pass_obj
+def trunk_remove(
+    options: _GlobalOptions,
+    name: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Remove trunk NAME from the config file: new calls no longer use it; calls in
+    progress on it go on."""
+    result = _call(resolve_socket(options, socket_path, config_path), "trunk remove", name=name)
+    if as_json or not isinstance(result, dict):
+        _print_json(result)
+    else:
+        click.echo(f"trunk {name} removed; calls in progress on it go on\n{_saved(result)}")
+
+
+@trunk_group.command("show")
+@click.argument("name")
+@_socket_options
+@click.pass_obj
+def trunk_show(
+    options: _GlobalOptions,
+    name: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Show every setting of trunk NAME (its password masked)."""
+    result = _call(resolve_socket(options, socket_path, config_path), "trunk show", name=name)
+    _show_entry("trunk", result, as_json)
+
+
+@partner_group.command("add")
+@click.argument("name")
+@_partner_fields
+@click.pass_obj
+def partner_add(
+    options: _GlobalOptions,
+    /,
+    name: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+    assignments: tuple[str, ...],
+    **fields: Any,
+) -> None:
+    """Add partner NAME to the config file and apply it at once. Without --api-key the
+    gateway makes a random key and prints it this once: keep it."""
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "partner add", **_edit_request(name, assignments, fields))
+    _edited("partner", "added", result, as_json)
+    if not as_json and isinstance(result, dict) and result.get("api_key"):
+        click.echo(f"API key (shown only now): {result['api_key']}")
+
+
+@partner_group.command("set")
+@click.argument("name")
+@_partner_fields
+@click.pass_obj
+def partner_set(
+    options: _GlobalOptions,
+    /,
+    name: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+    assignments: tuple[str, ...],
+    **fields: Any,
+) -> None:
+    """Change partner NAME: only the options given change, at once."""
+    if not _changes(**fields) and not assignments:
+        raise click.UsageError("nothing to change: give an option such as --api-key, or --set")
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "partner set", **_edit_request(name, assignments, fields))
+    _edited("partner", "changed", result, as_json)
+
+
+@partner_group.command("remove")
+@click.argument("name")
+@_socket_options
+@click.pass_obj
+def partner_remove(
+    options: _GlobalOptions,
+    name: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Remove partner NAME from the config file: its API key stops working at once; its
+    account and CDRs are kept."""
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "partner remove", name=name)
+    if as_json or not isinstance(result, dict):
+        _print_json(result)
+    else:
+        click.echo(f"partner {name} removed; its API key no longer works\n{_saved(result)}")
+
+
+@partner_group.command("show")
+@click.argument("name")
+@_socket_options
+@click.pass_obj
+def partner_show(
+    options: _GlobalOptions,
+    name: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Show every setting of partner NAME (its API key and callback secret masked)."""
+    result = _call(resolve_socket(options, socket_path, config_path), "partner show", name=name)
+    _show_entry("partner", result, as_json)
 
 
 def main() -> None:

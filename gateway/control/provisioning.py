@@ -7,8 +7,8 @@ disagree), then written through the Store, then applied to the running call logi
 `CallCore.set_subscribers` for subscribers, `CreditControl` for balances. A refused change
 writes nothing. Passwords and partner keys are never sent back.
 
-Trunks, partners' keys, pools and budgets' initial values are config-only: they change with
-the config (`edgegw config reload`), not here.
+Trunks and partners (keys, pools, budgets' initial values) live in the config file: `edgegw
+trunk|partner add|set|remove` edit that file and reload it (gateway.control.config_edit).
 """
 
 from __future__ import annotations

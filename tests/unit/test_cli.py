@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 
 import gateway as gateway_package
 from gateway import __version__
-from gateway.config import Config, default_config
+from gateway.config import Config, default_config, parse_config
 from gateway.control.cdr_query import CdrQuery, fetch_cdrs
 from gateway.control.cli import (
     CALL_COLUMNS,
@@ -586,6 +586,23 @@ def test_config_check_unreadable(tmp_path: Path) -> None:
     result = invoke(["config", "check", str(tmp_path)])
     assert result.exit_code == EXIT_FAILED
     assert result.stderr == f"{tmp_path}: cannot read: Is a directory\n"
+
+
+async def test_config_default_writes_a_file_config_check_accepts(tmp_path: Path) -> None:
+    path = tmp_path / "edgegw.toml"
+    done = await run_edgegw("config", "default", "-o", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == f"{path}: written; start with `edgegw run --config {path}`\n"
+    assert parse_config(path.read_text(), source=str(path)) == default_config()
+    assert (await run_edgegw("config", "check", str(path))).returncode == 0
+    printed = await run_edgegw("config", "default")
+    assert printed.stdout.decode() == path.read_text()
+    # An existing file is never overwritten.
+    path.write_text("# the operator's\n")
+    again = await run_edgegw("config", "default", "-o", str(path))
+    assert again.returncode == EXIT_FAILED
+    assert again.stderr.decode() == f"{path}: File exists: nothing written\n"
+    assert path.read_text() == "# the operator's\n"
 
 
 class FakeService:
