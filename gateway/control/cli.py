@@ -1452,7 +1452,8 @@ def partner_list(
 @cli.group(
     "number",
     help="Numbers: subscribers' own and partners' masked-number pools. "
-    f"Change a subscriber's with `edgegw subscriber set NAME --numbers`. {_CONFIG_ONLY}",
+    "Add or remove a subscriber's with `number add|remove` (or `subscriber set NAME "
+    f"--numbers`). {_CONFIG_ONLY}",
 )
 def number_group() -> None:
     pass
@@ -1468,6 +1469,49 @@ def number_list(
     (a partner pool's)."""
     result = _call(resolve_socket(options, socket_path, config_path), "number list")
     _show_rows(result, as_json, "numbers", NUMBER_COLUMNS)
+
+
+@number_group.command("add")
+@click.argument("number")
+@click.option("--subscriber", required=True, help="The subscriber the number rings.")
+@_socket_options
+@click.pass_obj
+def number_add(
+    options: _GlobalOptions,
+    number: str,
+    subscriber: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Give NUMBER (E.164) to a subscriber: calls to it ring the subscriber from now on."""
+    path = resolve_socket(options, socket_path, config_path)
+    result = _call(path, "number add", number=number, subscriber=subscriber)
+    _number_changed(result, "added to", as_json)
+
+
+@number_group.command("remove")
+@click.argument("number")
+@_socket_options
+@click.pass_obj
+def number_remove(
+    options: _GlobalOptions,
+    number: str,
+    socket_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Take NUMBER from the subscriber owning it: calls to it are refused from now on."""
+    path = resolve_socket(options, socket_path, config_path)
+    _number_changed(_call(path, "number remove", number=number), "removed from", as_json)
+
+
+def _number_changed(result: Any, what: str, as_json: bool) -> None:
+    if as_json:
+        _print_json(result)
+    elif isinstance(result, dict):
+        click.echo(f"{result.get('number')} {what} {result.get('owner')}")
+    _print_notes(result)
 
 
 @cli.command("backup")

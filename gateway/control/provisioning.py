@@ -61,6 +61,11 @@ class _Username(msgspec.Struct, forbid_unknown_fields=True):
     username: str
 
 
+class _NumberArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    number: str
+    subscriber: str | None = None  # the new owner (`number add`)
+
+
 class _AccountArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     account: str | None = None
 
@@ -120,6 +125,8 @@ class Provisioning:
             "balance ledger": self.balance_ledger,
             "partner list": self.partner_list,
             "number list": self.number_list,
+            "number add": self.number_add,
+            "number remove": self.number_remove,
             "backup": self.backup,
         }
 
@@ -385,6 +392,53 @@ class Provisioning:
                     }
                 )
         return sorted(rows, key=lambda row: str(row["number"]))
+
+    async def number_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Give a subscriber one more number (DID): calls to it ring the subscriber at once."""
+        given = _parse(_NumberArgs, args, "number add")
+        if given.subscriber is None:
+            raise ProvisioningError(
+                "say whose number it is with --subscriber USERNAME (a partner's masked "
+                "numbers change with `edgegw partner set NAME --masked-pool ...`)"
+            )
+        async with self._lock:
+            current = await self.store.get_subscriber(given.subscriber)
+            if current is None:
+                raise ProvisioningError(
+                    f"no subscriber {given.subscriber!r} (see `edgegw subscriber list`)"
+                )
+            if given.number in current.numbers:
+                raise ProvisioningError(
+                    f"{given.number} is already subscriber:{current.username}'s"
+                )
+            numbers = [*current.numbers, given.number]
+            await self._write(self._checked(msgspec.structs.replace(current, numbers=numbers)))
+        return self._number_view(given.number, current.username)
+
+    async def number_remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Take a number from the subscriber owning it: calls to it get 404 from then on."""
+        number = _parse(_NumberArgs, args, "number remove").number
+        async with self._lock:
+            owner = next(
+                (s for s in await self.store.list_subscribers() if number in s.numbers), None
+            )
+            if owner is None:
+                raise ProvisioningError(self._not_a_subscriber_number(number))
+            numbers = [n for n in owner.numbers if n != number]
+            await self._write(msgspec.structs.replace(owner, numbers=numbers))
+        return self._number_view(number, owner.username)
+
+    def _not_a_subscriber_number(self, number: str) -> str:
+        for partner in self.config.partners:
+            if number in partner.masked_pool:
+                return (
+                    f"{number} is in partner {partner.name!r}'s masked-number pool: change it "
+                    f"with `edgegw partner set {partner.name} --masked-pool ...`"
+                )
+        return f"no subscriber owns {number} (see `edgegw number list`)"
+
+    def _number_view(self, number: str, username: str) -> dict[str, Any]:
+        return {"number": number, "owner": f"subscriber:{username}", "notes": self._notes(username)}
 
     # ---- backup ---------------------------------------------------------------------------
 

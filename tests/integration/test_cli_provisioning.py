@@ -179,6 +179,70 @@ async def test_added_subscriber_registers_set_changes_it_remove_refuses_it(
     assert "no subscriber '2001'" in refused(gw, "subscriber", "remove", NEW_USER)
 
 
+DID = "+8613900132077"
+
+
+async def ring_1001_at(gw: GatewayProcess, app: UdpPeer, number: str) -> bool:
+    """1002 calls `number`; whether 1001's registered app (`app`) is rung (it answers 486)."""
+    with contextlib.closing(await UdpPeer.open(gw.sip)) as caller:
+        invite = caller.invite("1002", number)
+        challenge = await caller.transact(invite)
+        invite = caller.authorize(invite, challenge, "1002")
+        await caller.send(invite)
+        with trio.move_on_after(1.5):
+            rung = await app.expect_request("INVITE", timeout=1.5)
+            await app.reply(rung, 486, to_tag="busy")
+            response = await caller.expect_response(invite)
+            await caller.send(ack_for_failure(invite, response))
+            return response.status == 486
+        return False
+
+
+async def test_number_add_rings_its_subscriber_and_remove_takes_it_back(
+    gw: GatewayProcess,
+) -> None:
+    with contextlib.closing(await UdpPeer.open(gw.sip)) as app:
+        request = app.request(
+            "REGISTER",
+            f"sip:{app.domain}",
+            from_user="1001",
+            to_user="1001",
+            extra=[("Expires", "300")],
+        )
+        challenge = await app.transact(request)
+        assert (await app.transact(app.authorize(request, challenge, "1001"))).status == 200
+
+        added = run_json(gw, "number", "add", DID, "--subscriber", "1001")
+        assert added["owner"] == "subscriber:1001"
+        assert "also in the config file" in added["notes"][0]  # 1001 is a config subscriber
+        numbers = {row["number"]: row["owner"] for row in run_json(gw, "number", "list")}
+        assert numbers[DID] == "subscriber:1001"
+        assert await ring_1001_at(gw, app, DID)  # the core routes it at once
+
+        assert "already subscriber:1001's" in refused(
+            gw, "number", "add", DID, "--subscriber", "1001"
+        )
+        assert refused(gw, "number", "add", DID, "--subscriber", "1002") == (
+            f"edgegw: number add: number {DID} already belongs to subscriber '1001': "
+            "nothing was changed\n"
+        )
+        assert "masked-number pool" in refused(gw, "number", "remove", POOL[0])
+        assert "no subscriber '9999'" in refused(
+            gw, "number", "add", "+8613900132078", "--subscriber", "9999"
+        )
+        assert "must be E.164: '+' then 8 to 15 digits, got '12345'" in refused(
+            gw, "number", "add", "12345", "--subscriber", "1001"
+        )
+        assert "--subscriber" in refused(gw, "number", "add", DID, code=2)
+
+        done = gw.cli("number", "remove", DID)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"{DID} removed from subscriber:1001\n"
+        assert DID not in {row["number"] for row in run_json(gw, "number", "list")}
+        assert not await ring_1001_at(gw, app, DID)
+        assert f"no subscriber owns {DID}" in refused(gw, "number", "remove", DID)
+
+
 def test_bad_input_is_refused_and_nothing_is_written(gw: GatewayProcess) -> None:
     before = run_json(gw, "subscriber", "list")
     add = ("subscriber", "add", "3001", "--password", "pw-3001")
