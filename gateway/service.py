@@ -267,7 +267,11 @@ class Gateway:
             "draining": core.draining,
             **self.disk.snapshot(),  # disk_low: captures stop, CDRs are still written
             "retention": self.retention.snapshot(),
-            "sip_listen": [f"{e.transport}:{e.host}:{e.port}" for e in self.config.sip.listen],
+            "sip_listen": [
+                f"{e.transport}:{e.host}:{e.port}" + (f" ({role})" if role else "")
+                for e in self.config.sip.listen
+                for role in [address_roles(self.config).get(e.host, "")]
+            ],
             "registrations": self.registrar.count(),
             "active_calls": len(core.calls),
             "calls_started": core.stats.calls_started,

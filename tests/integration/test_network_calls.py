@@ -294,6 +294,17 @@ def test_call_crosses_the_applied_network_and_a_failed_apply_rolls_back(lab: Net
     assert call["media"]["b"]["rtp"]["packets_in"] == PACKETS
     assert call["media"]["a"]["rtp"]["local"][0] == GATEWAY_APP_ADDRESS
     assert call["media"]["b"]["rtp"]["local"][0] == GATEWAY_CARRIER_ADDRESS
+    status = json.loads(gateway.cli("status", "--json").stdout)
+    assert status["sip_listen"] == [
+        f"udp:{GATEWAY_APP_ADDRESS}:5060 (access)",
+        f"udp:{GATEWAY_CARRIER_ADDRESS}:5060 (carrier)",
+    ]
+    in_use = {(m["role"], m["host"]): m["in_use"] for m in status["media_addresses"]}
+    assert in_use == {
+        ("", "127.0.0.1"): 0,
+        ("access", GATEWAY_APP_ADDRESS): 1,
+        ("carrier", GATEWAY_CARRIER_ADDRESS): 1,
+    }
 
     called = uac.wait()
     assert called.ok, called.describe()
