@@ -13,7 +13,10 @@ For each trunk with ``register = true`` the gateway REGISTERs the address of rec
   (10.2.4) and the nonce last answered (RFC 7616 3.4.5: nc counts up);
 * any other failure, a timeout or refused credentials: retried after a back-off that
   doubles up to a cap, or after Retry-After when the registrar gives one (21.5.4);
-* on shutdown the binding is removed with Expires: 0 (10.2.2).
+* on shutdown the binding is removed with Expires: 0 (10.2.2), and so is the binding of a
+  trunk a config reload removes or whose registration settings it changes; the changed one
+  then registers anew, after the removal (10.3 step 7 would otherwise let the Expires: 0
+  remove the new binding too).
 
 ``TrunkRegistration`` is the sans-IO state machine (responses and the time in, requests
 and deadlines out). ``TrunkRegistrations`` is the Trio driver: one task per trunk sending
@@ -26,7 +29,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -43,11 +46,13 @@ from gateway.transport.endpoint import SipEndpoint, TransactionTimeout
 from gateway.transport.flow import Destination
 
 __all__ = [
+    "REGISTRATION_FIELDS",
     "RegistrationState",
     "RetryPolicy",
     "TrunkRegistration",
     "TrunkRegistrations",
     "registration_for",
+    "registration_settings",
 ]
 
 log = structlog.get_logger("edgegw.trunks")
@@ -324,8 +329,43 @@ def registration_for(trunk: TrunkConfig, retry: RetryPolicy) -> TrunkRegistratio
     )
 
 
+# What a registration is made of: a trunk that changes any of these (or turns `register`
+# off) is de-registered and, if still registering, registered anew. `host`, `port`,
+# `transport` and `resolve` name the registrar: a change there is a new registrar.
+REGISTRATION_FIELDS = (
+    "register",
+    "username",
+    "password",
+    "register_expires",
+    "host",
+    "port",
+    "transport",
+    "resolve",
+)
+
+
+def registration_settings(trunk: TrunkConfig) -> tuple[object, ...]:
+    """The values of `trunk` that its registration is made of (REGISTRATION_FIELDS)."""
+    return tuple(getattr(trunk, name) for name in REGISTRATION_FIELDS)
+
+
+@dataclass(eq=False)
+class _Account:
+    """One trunk's registration and the task driving it."""
+
+    trunk: TrunkConfig
+    registration: TrunkRegistration
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    target: Target | None = None  # where it last went
+    stopped: bool = False  # by a reload or shutdown: only the Expires: 0 is sent
+
+
 class TrunkRegistrations:
-    """Keeps the gateway registered at every trunk with ``register = true``."""
+    """Keeps the gateway registered at every trunk with ``register = true``.
+
+    `update` (a config reload) changes the set while running: registrations whose settings
+    did not change go on untouched, the others are de-registered and started anew.
+    """
 
     def __init__(
         self,
@@ -336,93 +376,169 @@ class TrunkRegistrations:
         retry: RetryPolicy = RetryPolicy(),
         clock: Callable[[], float] = trio.current_time,
         wall_clock: Callable[[], float] = time.time,
+        stop_timeout: float = 2.0,
     ) -> None:
-        self.trunks = {trunk.name: trunk for trunk in trunks if trunk.register}
         self.endpoint = endpoint
         self.resolver = resolver
-        self.registrations = {
-            name: registration_for(trunk, retry) for name, trunk in self.trunks.items()
-        }
+        self.retry = retry
+        self.stop_timeout = stop_timeout
         self._clock = clock
         self._wall = wall_clock
         self._scope = trio.CancelScope()
-        self._targets: dict[str, Target] = {}  # where each one last went
+        self._nursery: trio.Nursery | None = None
+        self._accounts: dict[str, _Account] = {}
+        self.update(trunks)
+
+    @property
+    def trunks(self) -> dict[str, TrunkConfig]:
+        return {name: account.trunk for name, account in self._accounts.items()}
+
+    @property
+    def registrations(self) -> dict[str, TrunkRegistration]:
+        return {name: account.registration for name, account in self._accounts.items()}
 
     def snapshot(self) -> list[dict[str, Any]]:
         now, wall = self._clock(), self._wall()
         rows = []
-        for name, registration in self.registrations.items():
-            row = registration.snapshot(now, wall)
-            target = self._targets.get(name)
+        for account in self._accounts.values():
+            row = account.registration.snapshot(now, wall)
+            target = account.target
             row["registrar"] = None if target is None else target.describe()
             rows.append(row)
         return rows
 
+    def update(self, trunks: Sequence[TrunkConfig]) -> None:
+        """Take a new trunk list (a reload): synchronous, so it fits the reload's swap.
+
+        New registering trunks start at once; removed ones, and ones whose registration
+        settings changed, send Expires: 0 to where they registered (in the background, at
+        most `stop_timeout`) and the changed ones then register with the new settings.
+        """
+        wanted = {trunk.name: trunk for trunk in trunks if trunk.register}
+        nursery = self._nursery
+        if nursery is None:  # not running: nothing sent yet, nothing to remove
+            self._accounts = {name: self._account(trunk) for name, trunk in wanted.items()}
+            return
+        accounts: dict[str, _Account] = {}
+        for name, trunk in wanted.items():
+            current = self._accounts.get(name)
+            if current is not None and registration_settings(current.trunk) == (
+                registration_settings(trunk)
+            ):
+                current.trunk = trunk  # other settings (codecs ...) do not touch it
+                accounts[name] = current
+                continue
+            fresh = accounts[name] = self._account(trunk)
+            request = None if current is None else self._retire(current)
+            nursery.start_soon(self._run_account, fresh, current, request)
+        for name, current in self._accounts.items():
+            if name not in wanted:
+                request = self._retire(current)
+                if request is not None:
+                    nursery.start_soon(self._deregister, current, request)
+        self._accounts = accounts
+
+    def _account(self, trunk: TrunkConfig) -> _Account:
+        return _Account(trunk, registration_for(trunk, self.retry))
+
+    def _retire(self, account: _Account) -> Request | None:
+        """Stop `account`'s task; its Expires: 0 to send, if a binding may exist."""
+        account.stopped = True
+        account.scope.cancel()
+        log.info("trunk registration stopped by a reload", trunk=account.trunk.name)
+        return account.registration.stop(self._clock())
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Register and keep registered until `shutdown` (or cancellation)."""
         with self._scope:
-            async with trio.open_nursery() as nursery:
-                for name in self.registrations:
-                    nursery.start_soon(self._drive, name)
-                task_status.started()
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    for account in self._accounts.values():
+                        nursery.start_soon(self._run_account, account, None, None)
+                    task_status.started()
+                    await trio.sleep_forever()  # open for the trunks a reload adds
+            finally:
+                self._nursery = None
 
-    async def shutdown(self, timeout: float = 2.0) -> None:
-        """Stop refreshing and remove every binding (Expires: 0), waiting at most `timeout`."""
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop refreshing and remove every binding (Expires: 0), waiting at most `timeout`
+        (default `stop_timeout`)."""
         self._scope.cancel()
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(self.stop_timeout if timeout is None else timeout):
             async with trio.open_nursery() as nursery:
-                for name, registration in self.registrations.items():
-                    request = registration.stop(self._clock())
+                for account in self._accounts.values():
+                    account.stopped = True
+                    request = account.registration.stop(self._clock())
                     if request is not None:
-                        nursery.start_soon(self._exchange, name, request)
+                        nursery.start_soon(self._exchange, account, request, True)
 
-    async def _drive(self, name: str) -> None:
-        registration = self.registrations[name]
+    async def _run_account(
+        self, account: _Account, previous: _Account | None, request: Request | None
+    ) -> None:
+        """Drive `account`, once `previous` (the same trunk before a reload) is removed: a
+        registrar would take its Expires: 0 as removing the new binding too (RFC 3261
+        10.3 step 7: same Contact, other Call-ID)."""
+        if previous is not None and request is not None:
+            await self._deregister(previous, request)
+        with account.scope:
+            await self._drive(account)
+
+    async def _deregister(self, account: _Account, request: Request) -> None:
+        with trio.move_on_after(self.stop_timeout):
+            await self._exchange(account, request, True)
+
+    async def _drive(self, account: _Account) -> None:
+        registration = account.registration
         while True:
             deadline = registration.next_deadline()
             if deadline is None:
                 return  # stopped
             await trio.sleep_until(deadline)
             try:
-                await self._attempt(name)
+                await self._attempt(account)
             except Exception as exc:
                 # A fault in one registration is that trunk's failure, never the gateway's.
-                log.exception("trunk registration fault", trunk=name)
+                log.exception("trunk registration fault", trunk=account.trunk.name)
                 registration.on_failure(f"internal error: {exc}", self._clock())
 
-    async def _attempt(self, name: str) -> None:
-        target = await self._target(name)
-        if target is None:
+    async def _attempt(self, account: _Account) -> None:
+        target = await self._target(account)
+        if target is None or account.stopped:
             return
-        request = self.registrations[name].poll(self._clock(), self._contact(target))
+        request = account.registration.poll(self._clock(), self._contact(target))
         if request is not None:
-            await self._exchange(name, request)
+            await self._exchange(account, request, False)
 
-    async def _exchange(self, name: str, request: Request | None) -> None:
-        """Send `request` and its follow-ups (credentials, Min-Expires) to the trunk."""
-        registration = self.registrations[name]
-        target = self._targets[name]
+    async def _exchange(self, account: _Account, request: Request | None, final: bool) -> None:
+        """Send `request` and its follow-ups (credentials, Min-Expires) to the trunk;
+        `final` for the Expires: 0 of a stopped registration."""
+        registration = account.registration
+        target = account.target
+        assert target is not None  # set by _target before anything is sent
         while request is not None:
             outcome = await self._transact(request, target)
+            if account.stopped and not final:
+                return  # stopped meanwhile: the Expires: 0 owns the state now
             if isinstance(outcome, Response):
                 request = registration.on_response(outcome, self._clock())
             else:
                 registration.on_failure(outcome, self._clock())
                 request = None
 
-    async def _target(self, name: str) -> Target | None:
+    async def _target(self, account: _Account) -> Target | None:
         """The target to register at: the last one while it works, else the next in DNS."""
-        registration = self.registrations[name]
+        registration = account.registration
         try:
-            targets = await self.resolver.targets_for(self.trunks[name])
+            targets = await self.resolver.targets_for(account.trunk)
         except DnsError as exc:
             registration.on_failure(f"dns: {exc}", self._clock())
             return None
-        last = self._targets.get(name)
+        last = account.target
         if last in targets and registration.failures == 0:
             return last
         target = targets[registration.failures % len(targets)]
-        self._targets[name] = target
+        account.target = target
         return target
 
     def _contact(self, target: Target) -> str:

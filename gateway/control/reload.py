@@ -7,9 +7,11 @@ is applied, every change at once:
 
 Live keys (:data:`LIVE_KEYS`): ``subscribers`` (upserted into the store, then the core's
 table), ``trunks`` (least-cost routing, trunk sources, OPTIONS health checks restarted with
-the new list; outbound registration settings excepted), ``partners`` (API keys, masked
-pools, budgets), ``tariffs``, ``routing``, ``limits`` (the admission policy: calls counted
-per account, bans and the rate limiters whose rate did not change carry over), and the
+the new list, outbound registrations: a trunk new to registering registers, one removed or
+whose registration settings changed sends Expires: 0 first, the others go on untouched;
+gateway.calls.trunk_registration), ``partners`` (API keys, masked pools, budgets),
+``tariffs``, ``routing``, ``limits`` (the admission policy: calls counted per account, bans
+and the rate limiters whose rate did not change carry over), and the
 per-call settings calls read when they start (``media.app_codecs``, ``media.timeout``, the
 Opus and jitter-buffer settings, ``sip.no_answer_timeout`` ...). Everything else (listen
 addresses, media ports, ``general.var_dir``, ``http.listen``, SIP timers, DNS, logging)
@@ -99,19 +101,6 @@ LIVE_KEYS: tuple[str, ...] = (
 )
 """Keys a reload applies; a change anywhere else is refused as needing a restart."""
 
-# What an outbound registration (gateway.calls.trunk_registration) is made of: the running
-# registrations keep their trunk, so a change here waits for a restart.
-_REGISTRATION_FIELDS = (
-    "register",
-    "username",
-    "password",
-    "register_expires",
-    "host",
-    "port",
-    "transport",
-    "resolve",
-)
-
 # What CallCore derives from its config in __init__ and a reload must replace with it.
 _CORE_DERIVED = (
     "router",
@@ -170,13 +159,6 @@ def check_reload(old: Config, new: Config, file: str) -> list[str]:
                 f"{file}: {key}: changes only with a restart (the running config is kept; "
                 f"live keys: {', '.join(LIVE_KEYS[:6])} and per-call media settings)"
             )
-    registering = _registration_change(old.trunks, new.trunks)
-    if registering is not None:
-        raise ReloadRefused(
-            f"{file}: {registering}: outbound registration settings "
-            f"({', '.join(_REGISTRATION_FIELDS)}) of a registering trunk change only with a "
-            "restart (the running config is kept)"
-        )
     watched = old.limits.max_cpu > 0 or old.limits.max_loop_lag > 0
     if not watched and (new.limits.max_cpu > 0 or new.limits.max_loop_lag > 0):
         raise ReloadRefused(
@@ -184,24 +166,6 @@ def check_reload(old: Config, new: Config, file: str) -> list[str]:
             "a restart (the running config is kept)"
         )
     return changed
-
-
-def _registration_change(old: list[TrunkConfig], new: list[TrunkConfig]) -> str | None:
-    def view(trunks: list[TrunkConfig]) -> dict[str, tuple[object, ...]]:
-        return {
-            t.name: tuple(getattr(t, field) for field in _REGISTRATION_FIELDS)
-            for t in trunks
-            if t.register
-        }
-
-    before, after = view(old), view(new)
-    for name in dict.fromkeys([*before, *after]):
-        if before.get(name) != after.get(name):
-            index = next((i for i, t in enumerate(new) if t.name == name), None)
-            if index is None:
-                index = next(i for i, t in enumerate(old) if t.name == name)
-            return f"trunks[{index}]"
-    return None
 
 
 # ---- carrying state over ---------------------------------------------------------------
@@ -366,6 +330,7 @@ class Reloader:
         partners.config = new
         monitor.trunks = {trunk.name: trunk for trunk in new.trunks}
         monitor.health = health
+        gateway.trunk_registrations.update(new.trunks)  # de-registers in the background
         gateway.disk.set_reserve(new.general.disk_reserve_mb)
         gateway.config = new
         core.config = new

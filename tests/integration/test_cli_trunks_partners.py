@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ import pytest
 import trio
 
 from gateway.config import load_config
-from gateway.sip.message import Request
+from gateway.sip.auth import DigestServer
+from gateway.sip.message import Request, Response, make_response
 from tests.integration.peers import GatewayProcess, free_udp_port, gateway_process
 from tests.integration.sipclient import (
     GatewaySettings,
@@ -210,10 +211,6 @@ def test_bad_changes_exit_1_and_leave_the_file_as_it_was(edited_gw: GatewayProce
         ),
         ("trunk", "remove", "no-such"): "no trunk 'no-such'",
         ("trunk", "show", "no-such"): "no trunk 'no-such'",
-        # Outbound registrations start only at start-up: the reload's own refusal.
-        (*add, "--register", "--username", "u", "--password", "p"): (
-            f"{file}: trunks[{index}]: outbound registration settings"
-        ),
         ("partner", "add", "acme", "--budget", "12.345"): "partners[0].budget:",
         ("partner", "add", "acme", "--callback-url", "ftp://x"): (
             "partners[0].callback_url: must be an http:// or https:// URL"
@@ -305,3 +302,65 @@ async def test_gateway_without_a_config_file_refuses_edits(gw: GatewayUnderTest)
     assert done.returncode == 1, stderr
     assert "runs on the embedded default config, which has no file" in stderr
     assert "start the gateway with `edgegw run --config FILE`" in stderr
+
+
+def register_with(expires: str) -> Callable[[Request | Response], bool]:
+    def matches(message: Request | Response) -> bool:
+        return (
+            isinstance(message, Request)
+            and message.method == "REGISTER"
+            and "Authorization" in message.headers
+            and message.headers.get("Expires") == expires
+        )
+
+    return matches
+
+
+async def test_trunk_added_with_register_registers_and_remove_deregisters(
+    edited_gw: GatewayProcess,
+) -> None:
+    """`trunk add --register` is applied by the reload at once: the REGISTER reaches the
+    carrier (a UDP socket of the test that challenges it and checks the digest), and
+    `trunk remove` sends Expires: 0 on the same Call-ID."""
+    gw = edited_gw
+    digest = DigestServer("carrier.test", b"carrier-secret-0123456789")
+    with contextlib.closing(await UdpPeer.open(gw.sip, host="127.0.0.1")) as carrier:
+        port = str(carrier.local[1])
+        added = run_json(
+            gw, "trunk", "add", "reg1", "--host", "127.0.0.1", "--port", port,
+            "--register", "--username", "u", "--password", "p",
+        )  # fmt: skip
+        assert added["changed"] == ["trunks"] and added["trunk"]["register"] is True
+        first = await carrier.expect_request("REGISTER")
+        assert first.headers.get("To") == "<sip:u@127.0.0.1>"
+        challenge = make_response(first, 401, to_tag="carrier")
+        for value in digest.challenge(trio.current_time()):
+            challenge.headers.add("WWW-Authenticate", value)
+        await carrier.send(challenge, gw.sip)
+        answered = await carrier.expect(register_with("3600"), "REGISTER with credentials")
+        assert isinstance(answered, Request) and answered.call_id == first.call_id
+        authorization = answered.headers.get("Authorization") or ""
+        proof = digest.verify("REGISTER", authorization, {"u": "p"}.get, trio.current_time())
+        assert proof.ok, proof.reason
+        ok = make_response(answered, 200, to_tag="carrier")
+        ok.headers.add("Expires", "3600")
+        await carrier.send(ok, gw.sip)
+        with trio.fail_after(5):
+            while True:
+                rows = {row["name"]: row for row in run_json(gw, "trunks")}
+                if rows["reg1"]["registration"] == "registered":
+                    break
+                await trio.sleep(0.05)
+        status = run_json(gw, "status")
+        mine = [r for r in status["trunk_registrations"] if r["name"] == "reg1"]
+        assert mine[0]["registered"] is True and mine[0]["expires"] == 3600
+        assert mine[0]["registrar"] == f"udp:127.0.0.1:{port}"
+
+        removed = gw.cli("trunk", "remove", "reg1")
+        assert removed.returncode == 0, removed.stderr
+        gone = await carrier.expect(register_with("0"), "REGISTER with Expires: 0")
+        assert isinstance(gone, Request) and gone.call_id == first.call_id
+        await carrier.send(make_response(gone, 200, to_tag="carrier"), gw.sip)
+        assert "reg1" not in {row["name"] for row in run_json(gw, "trunks")}
+        status = run_json(gw, "status")
+        assert "reg1" not in {row["name"] for row in status["trunk_registrations"]}
