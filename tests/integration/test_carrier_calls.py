@@ -110,6 +110,8 @@ ROUND_TRIP_LOSSY_TARGET = 3.0
 # The app's packets left this much later than their RTP timestamps say (on the wire, not
 # in the gateway): more than the gateway's jitter buffer holds at first (30 ms) and then
 # some, so late packets are the sender's doing.
+# Calls made before a stalled sender is given up on (see steady_speech_call).
+SPEECH_ATTEMPTS = 4
 SENDER_STALL_MS = 40.0
 # The speech file the app plays: at Opus's own rate, so baresip only makes it stereo.
 SPEECH_RATE = 48000
@@ -614,25 +616,27 @@ def speech_call(lab: CarrierLab, loss: int, *, echo: bool) -> SpeechCall:
 
 
 def steady_speech_call(lab: CarrierLab, loss: int, *, echo: bool, floor: float) -> SpeechCall:
-    """`speech_call`, made again once when the app's own sending stalled and the score is
-    below `floor`: the figure then says what a busy test machine did to the app."""
+    """`speech_call`, made again (up to `SPEECH_ATTEMPTS` in all) while the app's own sending
+    stalled and the score is below `floor`: the figure then says what a busy test machine
+    did to the app, not what the gateway did. Never settled: a skip, and in CI a failure."""
     what = (
         "round trip app -> G.711 echo -> app" if echo else f"app -> carrier ({lab.carrier_codec})"
     )
-    measured = speech_call(lab, loss, echo=echo)
-    print(f"PESQ nb {what}, {loss} % loss: {measured.describe()}")
-    if measured.pesq.score >= floor or not measured.stalled:
-        return measured
-    print(f"the app's sending stalled for {measured.wire.worst_ms():.0f} ms: once more")
-    again = speech_call(lab, loss, echo=echo)
-    print(f"PESQ nb {what}, {loss} % loss: {again.describe()}")
-    if again.pesq.score < floor and again.stalled:
-        pytest.skip(
-            f"the app's own sending stalled for {measured.wire.worst_ms():.0f} and "
-            f"{again.wire.worst_ms():.0f} ms (busy machine): PESQ {measured.pesq.score:.3f}, "
-            f"{again.pesq.score:.3f} say nothing about the gateway"
-        )
-    return again
+    stalls: list[str] = []
+    for _attempt in range(SPEECH_ATTEMPTS):
+        measured = speech_call(lab, loss, echo=echo)
+        print(f"PESQ nb {what}, {loss} % loss: {measured.describe()}")
+        if measured.pesq.score >= floor or not measured.stalled:
+            return measured
+        stalls.append(f"{measured.wire.worst_ms():.0f} ms (PESQ {measured.pesq.score:.3f})")
+        print(f"the app's sending stalled for {stalls[-1]}: once more")
+    reason = (
+        f"the app's own sending stalled in every attempt: {', '.join(stalls)} (busy machine); "
+        "these scores say nothing about the gateway"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must measure it: run it on an idle machine")
+    pytest.skip(reason)
 
 
 @pytest.mark.skipif(
