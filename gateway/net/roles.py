@@ -17,7 +17,10 @@ media.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
+
+import structlog
 
 from gateway.config import Config
 from gateway.media.addresses import MediaAddress, MediaAddresses, canonical_host
@@ -32,6 +35,8 @@ __all__ = [
 ]
 
 MEDIA_ROLES = ("access", "carrier")
+
+log = structlog.get_logger("edgegw.net")
 
 
 @dataclass(frozen=True)
@@ -63,9 +68,11 @@ def address_roles(config: Config) -> dict[str, str]:
 def media_addresses(config: Config) -> list[MediaAddressPlan]:
     """The media addresses to bind, the role-less default first."""
     media = config.media
-    plans = [MediaAddressPlan("", media.host, media.advertised_host or media.host)]
+    plans = [MediaAddressPlan("", media.host, _for_sdp(media.host, media.advertised_host))]
     if media.host6:
-        plans.append(MediaAddressPlan("", media.host6, media.advertised_host6 or media.host6))
+        plans.append(
+            MediaAddressPlan("", media.host6, _for_sdp(media.host6, media.advertised_host6))
+        )
     explicit = {entry.role for entry in media.addresses}
     for entry in media.addresses:
         plans.append(MediaAddressPlan(entry.role, entry.host, entry.advertised_host or entry.host))
@@ -75,6 +82,37 @@ def media_addresses(config: Config) -> list[MediaAddressPlan]:
             host = str(ipaddress.ip_interface(interface.addresses[0]).ip)
             plans.append(MediaAddressPlan(role, host, host))
     return plans
+
+
+# Where the source-address probe "connects": a documentation address (RFC 5737, RFC 3849)
+# that only the default route covers. A UDP connect sends nothing; it only asks the kernel
+# which source address it would use.
+_PROBES = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}
+
+
+def _for_sdp(host: str, advertised: str) -> str:
+    """The address SDP names for media bound on ``host``: ``advertised``, else ``host``;
+    for a wildcard host the box's own source address toward the default route (SDP with
+    0.0.0.0 would mean "no media", RFC 3264 8.4), as a container with an unknown address
+    needs. With no default route the wildcard stays, and a warning says what to set."""
+    if advertised:
+        return advertised
+    family, canonical = canonical_host(host)
+    if canonical not in ("0.0.0.0", "::"):
+        return host
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((_PROBES[family], 9))
+            found = str(probe.getsockname()[0])
+    except OSError as exc:
+        log.warning(
+            "media on a wildcard address with no default route: set media.advertised_host",
+            host=host,
+            error=str(exc),
+        )
+        return host
+    log.info("media address for SDP taken from the default route", host=host, sdp=found)
+    return found
 
 
 def media_addresses_for(config: Config, reuse: MediaAddresses | None = None) -> MediaAddresses:
