@@ -23,3 +23,35 @@ lint:
 # Benchmarks (figures, not pass/fail).
 bench:
     python -m tests.bench.run_all
+
+# Single binary dist/edgegw-ARCH (x86_64 | aarch64; aarch64 is built under qemu-user).
+binary ARCH:
+    python images/binary/build.py {{ARCH}}
+
+# The slow image checks (arm64 under qemu-user): each binary built and run in a Python-less root.
+image-test:
+    python images/binary/build.py x86_64
+    python images/binary/check.py x86_64
+    python images/binary/build.py aarch64
+    python images/binary/check.py aarch64
+
+# OCI image dist/edgegw-ARCH.oci.tar (x86_64 | aarch64 | all) from dist/edgegw-ARCH (the
+# binary recipe rebuilds it only when stale); once both arches' images exist, also the
+# multi-arch index dist/edgegw.oci.tar.
+image-oci ARCH:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    case "{{ARCH}}" in
+        all) arches=(x86_64 aarch64) ;;
+        x86_64|aarch64) arches=("{{ARCH}}") ;;
+        *) echo "image-oci: ARCH is x86_64, aarch64 or all, not {{ARCH}}" >&2; exit 2 ;;
+    esac
+    for arch in "${arches[@]}"; do
+        just binary "$arch"
+        python images/oci/build.py image --arch "$arch" --binary "dist/edgegw-$arch" \
+            --out "dist/edgegw-$arch.oci.tar"
+    done
+    if [ -f dist/edgegw-x86_64.oci.tar ] && [ -f dist/edgegw-aarch64.oci.tar ]; then
+        python images/oci/build.py index --out dist/edgegw.oci.tar \
+            dist/edgegw-x86_64.oci.tar dist/edgegw-aarch64.oci.tar
+    fi
