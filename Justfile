@@ -16,9 +16,10 @@ test: lint
 
 # Static checks: ruff and mypy.
 lint:
-    ruff check gateway tests native
-    ruff format --check gateway tests native
+    ruff check gateway tests native images
+    ruff format --check gateway tests native images
     mypy
+    mypy --explicit-package-bases images
 
 # Benchmarks (figures, not pass/fail).
 bench:
@@ -34,6 +35,14 @@ image-test:
     python images/binary/check.py x86_64
     python images/binary/build.py aarch64
     python images/binary/check.py aarch64
+    just image-disk x86_64
+    python -m pytest -q tests/images
+
+# Flashable disk image dist/edgegw-ARCH.img and .img.zst (x86_64): GPT with an ESP
+# (systemd-boot, boot counting), read-only root slots A and B, a data partition.
+image-disk ARCH:
+    just binary {{ARCH}}
+    python images/disk/build.py {{ARCH}}
 
 # OCI image dist/edgegw-ARCH.oci.tar (x86_64 | aarch64 | all) from dist/edgegw-ARCH (the
 # binary recipe rebuilds it only when stale); once both arches' images exist, also the

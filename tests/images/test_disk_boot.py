@@ -1,0 +1,241 @@
+"""Boot tests of the flashable disk image `dist/edgegw-x86_64.img` under qemu (UEFI, OVMF).
+
+Run by `./justw image-test` after `./justw image-disk x86_64`, never by `./justw test`. Each
+test boots a sparse copy of the image (dist/ itself is never booted), grown by DISK_GROWTH so
+that the first boot has room to grow the data partition (systemd-repart, x-systemd.growfs),
+with two options added to its loader entry on the copy's ESP: the journal forwarded to the
+serial console, and `edgegw-console-report.service` (shipped, not enabled) pulled in, which
+prints `edgegw net show --json`, `edgegw status --json` and more as EDGEGW-REPORT lines.
+
+The test sends SIP OPTIONS over UDP to the forwarded port until the gateway answers, then
+reads the serial log: systemd saw the gateway's READY (a Type=notify unit is "Started" only
+then), time sync and the network unit ran, and the box came up unprovisioned (with the hint)
+or, with a config written into the copy's data partition, with its [network] section applied:
+a VLAN 100 sub-interface of the virtio NIC with its address (the build machines' kernel has
+no 8021q, so VLANs are checked here, in the booted image).
+
+Measured on the 2-core build machine, TCG (its nested KVM fails at the first instruction):
+about 45 s from starting qemu to the first SIP answer, 70 s to the report. BOOT_TIMEOUT
+leaves room for a machine several times slower.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from images.disk import build
+from tests.images.qemu import OVMF_CODE, QEMU, SIP_PORT, BootedMachine, boot
+from tests.integration.netns import Topology, root_skip_reason
+from tests.integration.peers import sip_ping
+
+IMAGE = build.DIST / "edgegw-x86_64.img"
+DISK_GROWTH = 256 * build.MIB
+BOOT_TIMEOUT = 600.0  # to the first SIP answer
+REPORT_TIMEOUT = 300.0  # from the first SIP answer to the end of the console report
+TEST_OPTIONS = "systemd.journald.forward_to_console=1 systemd.wants=edgegw-console-report.service"
+ENTRY = f"edgegw-a+{build.TRIES}.conf"
+# The virtio NIC sits in PCI slot 6 (tests/images/qemu.py), so udev names it enp0s6.
+NIC = "enp0s6"
+VLAN_ADDRESS = "198.51.100.10/24"
+
+VLAN_CONFIG = f"""\
+[general]
+var_dir = "/var/lib/edgegw"
+
+[[sip.listen]]
+transport = "udp"
+host = "0.0.0.0"
+port = 5060
+
+[[network.interfaces]]
+role = "carrier"
+name = "{NIC}"
+vlan = 100
+addresses = ["{VLAN_ADDRESS}"]
+"""
+
+
+def _skip_reason() -> str | None:
+    reason = root_skip_reason()
+    if reason is not None:
+        return f"{reason} (qemu's network runs in a namespace of its own)"
+    if shutil.which(QEMU) is None or not OVMF_CODE.is_file():
+        return "needs qemu-system-x86 and ovmf (./justw image-test installs them)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+@dataclass(frozen=True)
+class BootRecord:
+    """What one boot showed: the SIP answer, when it came, the serial log, qemu's exit."""
+
+    answer: str
+    seconds_to_answer: float
+    serial: str
+    exit_code: int | None
+    accel: str
+    entries: list[str]
+
+
+def _copy_image(dest: Path) -> Path:
+    if not IMAGE.is_file():
+        pytest.fail(f"{IMAGE} is missing: build it with ./justw image-disk x86_64")
+    subprocess.run(["cp", "--sparse=always", str(IMAGE), str(dest)], check=True)
+    with dest.open("r+b") as f:
+        f.truncate(dest.stat().st_size + DISK_GROWTH)
+    _add_options(dest, TEST_OPTIONS)
+    return dest
+
+
+def _add_options(image: Path, options: str) -> None:
+    """Append kernel options to slot A's loader entry on the image's ESP (mtools)."""
+    esp = build.esp_path(image)
+    name = f"::/loader/entries/{ENTRY}"
+    entry = subprocess.run(
+        ["mtype", "-i", esp, name], capture_output=True, text=True, check=True
+    ).stdout
+    lines = [
+        f"{line} {options}" if line.startswith("options ") else line for line in entry.splitlines()
+    ]
+    local = image.with_name(ENTRY)
+    local.write_text("\n".join(lines) + "\n")
+    subprocess.run(["mcopy", "-o", "-i", esp, str(local), name], check=True)
+    local.unlink()
+
+
+def _entries(image: Path) -> list[str]:
+    listing = subprocess.run(
+        ["mdir", "-b", "-i", build.esp_path(image), "::/loader/entries"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sorted(Path(line.strip()).name for line in listing.splitlines() if line.strip())
+
+
+def _wait_for_options(machine: BootedMachine, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not machine.alive():
+            raise AssertionError(f"qemu ended early:\n{machine.serial()[-4000:]}")
+        with machine.namespace.entered():
+            answer = sip_ping("127.0.0.1", SIP_PORT, 1.0)
+        if answer is not None:
+            return answer
+        time.sleep(1.0)
+    raise AssertionError(
+        f"no answer to SIP OPTIONS within {timeout:g} s:\n{machine.serial()[-4000:]}"
+    )
+
+
+def _boot(image: Path, workdir: Path) -> BootRecord:
+    with Topology() as topology:
+        namespace = topology.namespace("vm")
+        with boot(image, workdir, namespace, limit=BOOT_TIMEOUT + REPORT_TIMEOUT + 300) as vm:
+            answer = _wait_for_options(vm, BOOT_TIMEOUT)
+            seconds = time.monotonic() - vm.started
+            try:
+                vm.wait_for_serial("EDGEGW-REPORT failed", REPORT_TIMEOUT)
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}:\n{vm.serial()[-4000:]}") from exc
+            exit_code = vm.stop()
+            serial = vm.serial()
+    print(f"\n{image.name}: first SIP answer {seconds:.0f} s after qemu started ({vm.accel})")
+    return BootRecord(answer, seconds, serial, exit_code, vm.accel, _entries(image))
+
+
+_REPORT = re.compile(r"EDGEGW-REPORT (?P<name>\S+) rc=(?P<rc>\d+) ?(?P<text>.*)$", re.M)
+
+
+def reports(serial: str) -> dict[str, tuple[int, str]]:
+    """The console report's lines by name: (exit code, text); the last of each wins."""
+    return {m["name"]: (int(m["rc"]), m["text"].strip()) for m in _REPORT.finditer(serial)}
+
+
+def report_json(serial: str, name: str) -> Any:
+    rc, text = reports(serial)[name]
+    assert rc == 0, f"{name} failed ({rc}): {text}"
+    return json.loads(text)
+
+
+def _assert_common(record: BootRecord) -> None:
+    """What every boot shows, provisioned or not."""
+    serial = record.serial
+    assert record.answer.startswith("SIP/2.0 200"), record.answer
+    # Type=notify: "Started" only once the gateway sent READY=1.
+    assert "Started edgegw.service - edgegw edge SIP/RTP media gateway" in serial
+    assert "edgegw ready" in serial
+    assert "Started systemd-timesyncd.service" in serial
+    lines = reports(serial)
+    assert lines["failed"] == (0, ""), f"failed units: {lines['failed']}"
+    unit = lines["gateway-unit"][1]
+    assert "NRestarts=0" in unit and "StatusText=serving" in unit, unit
+    # The watchdog is fed (the timestamp of the last WATCHDOG=1 is set).
+    assert "WatchdogTimestampMonotonic=0" not in unit, unit
+    mounts = lines["mounts"][1]
+    assert mounts.startswith("/ /dev/vda2 squashfs ro,"), mounts
+    assert "/var/lib/edgegw /dev/vda4[/edgegw] ext4 rw" in mounts, mounts
+    assert lines["clock-file"][0] == 0, lines["clock-file"]
+    # systemd-repart grew the data partition into the added space, growfs its ext4.
+    size_kib = int(lines["data-size"][1].split()[2])
+    assert size_kib > (build.DATA_MIB * build.MIB + DISK_GROWTH // 2) // 1024, lines["data-size"]
+    status = report_json(serial, "status")
+    assert not status["disk_low"], status
+    # No demo accounts: the embedded loopback demo is never what the box runs.
+    assert report_json(serial, "subscribers") == []
+    assert report_json(serial, "partners") == []
+    assert status["trunks"] == []
+    # Boot counting: systemd-boot took one try off slot A's entry, the boot was blessed.
+    counting = lines["boot-counting"][1]
+    assert "Marked boot as 'good'. (Boot attempt counter is at 1.)" in counting, counting
+    assert record.entries == ["edgegw-a.conf"], record.entries
+    assert record.exit_code == 0, f"qemu did not power off cleanly: {record.exit_code}"
+
+
+def test_unprovisioned_boot_answers_sip_and_says_how_to_provision(tmp_path: Path) -> None:
+    workdir = tmp_path
+    image = _copy_image(workdir / "disk.img")
+    record = _boot(image, workdir)
+    _assert_common(record)
+    serial = record.serial
+    assert "EDGEGW-HINT edgegw is NOT PROVISIONED" in serial
+    assert "edgegw: not provisioned: no /var/lib/edgegw/edgegw.toml" in serial
+    assert "skipped because of an unmet condition check (ConditionPathExists=/var/lib/edgegw" in (
+        serial
+    )
+    assert reports(serial)["units"][1] == "active inactive active active"
+    network = report_json(serial, "net-show")
+    assert network["managed"] is False
+    assert not network["firewall"]["present"]
+
+
+def test_config_with_vlan_is_applied_at_boot(tmp_path: Path) -> None:
+    workdir = tmp_path
+    image = _copy_image(workdir / "disk.img")
+    config = workdir / "edgegw.toml"
+    config.write_text(VLAN_CONFIG)
+    build.write_data_partition(image, build.data_tree(workdir / "data", config), workdir)
+    record = _boot(image, workdir)
+    _assert_common(record)
+    serial = record.serial
+    assert "EDGEGW-HINT" not in serial
+    assert "Finished edgegw-net.service - edgegw network set-up and firewall" in serial
+    assert f"SIP OPTIONS answered: carrier {VLAN_ADDRESS.split('/')[0]}:5060" in serial
+    assert reports(serial)["units"][1] == "active active active active"
+    network = report_json(serial, "net-show")
+    carrier = network["roles"]["carrier"]
+    assert carrier["interface"] == f"{NIC}.100"
+    assert carrier["present"] and carrier["up"], carrier
+    assert VLAN_ADDRESS in carrier["addresses"], carrier
+    assert network["firewall"]["present"]
