@@ -36,13 +36,22 @@ image-test:
     python images/binary/build.py aarch64
     python images/binary/check.py aarch64
     just image-disk x86_64
+    just image-disk aarch64
+    python images/update/build.py x86_64
     python -m pytest -q tests/images
 
-# Flashable disk image dist/edgegw-ARCH.img and .img.zst (x86_64): GPT with an ESP
+# Flashable disk image dist/edgegw-ARCH.img and .img.zst (x86_64 | aarch64): GPT with an ESP
 # (systemd-boot, boot counting), read-only root slots A and B, a data partition.
 image-disk ARCH:
     just binary {{ARCH}}
     python images/disk/build.py {{ARCH}}
+
+# Update bundle dist/edgegw-ARCH.update for `edgegw upgrade`: the disk image's root, kernel and
+# initrd with a manifest signed with ed25519 ($EDGEGW_SIGNING_KEY, else a development key made
+# once under .cache/images/; the image carries the matching public key).
+image-update ARCH:
+    just image-disk {{ARCH}}
+    python images/update/build.py {{ARCH}}
 
 # OCI image dist/edgegw-ARCH.oci.tar (x86_64 | aarch64 | all) from dist/edgegw-ARCH (the
 # binary recipe rebuilds it only when stale); once both arches' images exist, also the

@@ -1999,6 +1999,81 @@ def partner_show(
     _show_entry("partner", result, as_json)
 
 
+# ---- upgrade ----
+
+
+@cli.command("upgrade")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--reboot", is_flag=True, help="Reboot into the new slot once it is written.")
+def upgrade_command(file: Path, reboot: bool) -> None:
+    """Write the update bundle FILE to the root slot that is not running and boot it next
+    (disk image, as root). The bundle must be signed with this image's key; the new slot
+    gets one try and is kept only if its boot passes `edgegw health`."""
+    import subprocess
+
+    from gateway.control import upgrade
+
+    if os.geteuid() != 0:
+        _fail("upgrade: needs root (it writes a partition and the ESP)")
+    try:
+        with upgrade.local_box() as box:
+            written = upgrade.upgrade(file, box, now=time.time(), report=click.echo)
+    except upgrade.UpgradeError as exc:
+        _fail(f"upgrade refused, nothing written: {exc}")
+    plan = written.plan
+    click.echo(
+        f"slot {plan.target} is ready; slot {plan.running} stays the fallback. "
+        + ("rebooting" if reboot else "reboot to start it (`systemctl reboot`)")
+    )
+    if reboot:
+        done = subprocess.run(["systemctl", "reboot"], check=False)
+        if done.returncode != 0:
+            _fail(f"upgrade: systemctl reboot exited {done.returncode}")
+
+
+@cli.command("health")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config of the gateway to check [default: the embedded default].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.0),
+    default=120.0,
+    show_default=True,
+    help="Seconds the gateway has to answer.",
+)
+@click.pass_obj
+def health_command(options: _GlobalOptions, config_path: Path | None, timeout: float) -> None:
+    """Exit 0 once the gateway answers SIP OPTIONS on each UDP listener and `edgegw status`
+    works, 1 if it does not within --timeout (the boot-assessment check of a new slot)."""
+    from gateway.control import upgrade
+    from gateway.net.check import options_ping
+
+    config = _net_config(options, config_path)
+    socket_path = config.control_socket_path
+
+    def status_problem() -> str | None:
+        try:
+            ControlClient(socket_path, timeout=5.0).call("status")
+        except GatewayNotRunning:
+            return f"gateway not running (no control socket at {socket_path})"
+        except ControlError as exc:
+            return str(exc)
+        return None
+
+    targets = upgrade.health_targets(config)
+    result = upgrade.wait_healthy(
+        targets, status_problem, ping=lambda t: options_ping(t, 1.0), timeout=timeout
+    )
+    where = ", ".join(f"{t.host}:{t.port}" for t in targets) or "no UDP listener"
+    if not result.healthy:
+        _fail(f"health: unhealthy after {result.seconds:.0f} s: {'; '.join(result.problems)}")
+    click.echo(f"health: good after {result.seconds:.1f} s: OPTIONS answered on {where}, status ok")
+
+
 def main() -> None:
     """Entry point of the ``edgegw`` console script."""
     cli.main(prog_name="edgegw")

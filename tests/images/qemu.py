@@ -1,6 +1,8 @@
-"""Boot a disk image under qemu-system-x86_64 with UEFI (OVMF) for the image tests.
+"""Boot a disk image under qemu with UEFI firmware for the image tests: x86_64 on
+qemu-system-x86_64 (q35, OVMF), aarch64 on qemu-system-aarch64 (virt, a Cortex-A72, AAVMF).
 
-The machine is q35 with the image as a virtio disk, its serial console written to a file,
+The machine has the image as a virtio disk, its first UART (ttyS0 on x86_64, the PL011
+ttyAMA0 on aarch64) written to a file,
 and user-mode networking whose host side is a network namespace of its own with nothing but
 loopback: port SIP_PORT on that namespace's 127.0.0.1 is forwarded to the guest's SIP port
 5060 (UDP and TCP), and nothing the guest sends can leave the machine (its NTP and DNS find no
@@ -11,8 +13,9 @@ be checked. Tests talk to the guest from a thread inside the namespace
 
 KVM is used when it really runs a guest (a short probe boots the firmware with it: the build
 machines' nested KVM opens and makes VMs, then fails at the first instruction), else TCG,
-software emulation; $EDGEGW_QEMU_ACCEL (kvm or tcg) skips the probe. Every run has a time
-limit: `stop()` asks for an ACPI power-off over QMP and kills qemu when it does not end.
+software emulation; $EDGEGW_QEMU_ACCEL (kvm or tcg) skips the probe. A guest of another
+architecture than the host's always runs under TCG. Every run has a time limit: `stop()`
+asks for an ACPI power-off over QMP and kills qemu when it does not end.
 """
 
 from __future__ import annotations
@@ -29,21 +32,69 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from images.binary.rootfs import host_arch
 from tests.integration.netns import Namespace
 
 __all__ = [
+    "MACHINES",
     "OVMF_CODE",
     "OVMF_VARS",
+    "QEMU",
     "SIP_PORT",
     "BootedMachine",
+    "MachineKind",
     "boot",
     "choose_accel",
     "kvm_usable",
+    "missing",
 ]
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 QEMU = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class MachineKind:
+    """What qemu needs to boot one architecture's image: the emulator, the machine type,
+    the CPU under TCG, the UEFI firmware (code read-only, a copy of the variable store for
+    each boot; both pflash images) and the Debian packages that provide them."""
+
+    qemu: str
+    machine: str
+    tcg_cpu: str
+    firmware_code: Path
+    firmware_vars: Path
+    packages: str
+
+
+MACHINES = {
+    "x86_64": MachineKind(QEMU, "q35", "max", OVMF_CODE, OVMF_VARS, "qemu-system-x86 ovmf"),
+    # virt: the machine type made for guests (virtio on PCIe, PL011, ACPI power button).
+    # A Cortex-A72 rather than `max`: max adds pointer authentication, whose emulation is
+    # slow under TCG, and nothing here needs ARMv8.3 and later.
+    "aarch64": MachineKind(
+        "qemu-system-aarch64",
+        "virt",
+        "cortex-a72",
+        Path("/usr/share/AAVMF/AAVMF_CODE.fd"),
+        Path("/usr/share/AAVMF/AAVMF_VARS.fd"),
+        "qemu-system-arm qemu-efi-aarch64",
+    ),
+}
+
+
+def missing(arch: str) -> str | None:
+    """What the host lacks to boot `arch` (naming the Debian packages), or None."""
+    kind = MACHINES[arch]
+    absent = [str(p) for p in (kind.firmware_code, kind.firmware_vars) if not p.is_file()]
+    if shutil.which(kind.qemu) is None:
+        absent.append(kind.qemu)
+    if absent:
+        return f"missing {', '.join(absent)} (Debian: {kind.packages})"
+    return None
+
+
 # The forwarded port on the namespace's loopback (a fresh namespace: always free).
 SIP_PORT = 5060
 
@@ -69,19 +120,21 @@ def kvm_opens() -> bool:
         os.close(fd)
 
 
-def kvm_usable(workdir: Path, timeout: float = 20.0) -> bool:
-    """True when the firmware, booted with KVM, writes to its serial console in `timeout`."""
-    if not kvm_opens():
+def kvm_usable(workdir: Path, timeout: float = 20.0, arch: str = "x86_64") -> bool:
+    """True when the firmware, booted with KVM, writes to its serial console in `timeout`
+    (never for a guest of another architecture than the host's)."""
+    if arch != host_arch() or not kvm_opens():
         return False
+    kind = MACHINES[arch]
     vars_copy = workdir / "probe-vars.fd"
     serial = workdir / "probe-serial.log"
-    shutil.copyfile(OVMF_VARS, vars_copy)
+    shutil.copyfile(kind.firmware_vars, vars_copy)
     serial.write_bytes(b"")
     command = [
-        QEMU,
-        *("-machine", "q35,accel=kvm", "-cpu", "host", "-m", "256", "-nodefaults"),
+        kind.qemu,
+        *("-machine", f"{kind.machine},accel=kvm", "-cpu", "host", "-m", "256", "-nodefaults"),
         *("-display", "none", "-no-reboot", "-serial", f"file:{serial}"),
-        *("-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+        *("-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={kind.firmware_code}"),
         *("-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"),
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -99,12 +152,15 @@ def kvm_usable(workdir: Path, timeout: float = 20.0) -> bool:
         serial.unlink()
 
 
-def choose_accel(workdir: Path) -> str:
-    """kvm or tcg: $EDGEGW_QEMU_ACCEL when set, else what the probe finds."""
+def choose_accel(workdir: Path, arch: str = "x86_64") -> str:
+    """kvm or tcg: tcg for a foreign `arch`, else $EDGEGW_QEMU_ACCEL when set, else what
+    the probe finds."""
+    if arch != host_arch():
+        return "tcg"
     chosen = os.environ.get("EDGEGW_QEMU_ACCEL", "")
     if chosen in ("kvm", "tcg"):
         return chosen
-    return "kvm" if kvm_usable(workdir) else "tcg"
+    return "kvm" if kvm_usable(workdir, arch=arch) else "tcg"
 
 
 @dataclass
@@ -181,31 +237,31 @@ def boot(
     memory_mib: int = 1024,
     cpus: int = 2,
     limit: float = 1800.0,
+    arch: str = "x86_64",
 ) -> Iterator[BootedMachine]:
-    """Boot `image` (booted in place: pass a copy) with its network in `namespace`, and
-    stop the machine on the way out.
+    """Boot `image` (booted in place: pass a copy), an image of `arch`, with its network in
+    `namespace`, and stop the machine on the way out.
 
     `limit` bounds qemu's whole life (timeout(1) kills it), whatever happens to the test."""
-    missing = [str(p) for p in (OVMF_CODE, OVMF_VARS) if not p.is_file()]
-    if shutil.which(QEMU) is None:
-        missing.append(QEMU)
-    if missing:
-        raise FileNotFoundError(f"missing {', '.join(missing)} (Debian: ovmf, qemu-system-x86)")
-    vars_copy = workdir / "OVMF_VARS.fd"
-    shutil.copyfile(OVMF_VARS, vars_copy)
+    kind = MACHINES[arch]
+    absent = missing(arch)
+    if absent is not None:
+        raise FileNotFoundError(absent)
+    vars_copy = workdir / "firmware-vars.fd"
+    shutil.copyfile(kind.firmware_vars, vars_copy)
     serial_log = workdir / "serial.log"
     qmp_path = workdir / "qmp.sock"
-    accel = choose_accel(workdir)
+    accel = choose_accel(workdir, arch)
     forward = f"hostfwd=udp:127.0.0.1:{SIP_PORT}-:5060,hostfwd=tcp:127.0.0.1:{SIP_PORT}-:5060"
     command = [
         "timeout",
         "--signal=KILL",
         str(int(limit)),
-        QEMU,
+        kind.qemu,
         "-machine",
-        f"q35,accel={accel}",
+        f"{kind.machine},accel={accel}",
         "-cpu",
-        "host" if accel == "kvm" else "max",
+        "host" if accel == "kvm" else kind.tcg_cpu,
         "-smp",
         str(cpus),
         "-m",
@@ -215,7 +271,7 @@ def boot(
         "-display",
         "none",
         "-drive",
-        f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        f"if=pflash,format=raw,unit=0,readonly=on,file={kind.firmware_code}",
         "-drive",
         f"if=pflash,format=raw,unit=1,file={vars_copy}",
         "-drive",
