@@ -1874,11 +1874,8 @@ def trunk_set(
     **fields: Any,
 ) -> None:
     """Change trunk NAME: only the options given change; new calls use it at once."""
-    if not _changes(**fields) and not assignments:
-        raise click.UsageError("nothing to change: give an option such as --port, or --set")
-    path = resolve_socket(options, socket_path, config_path)
-    result = _call(path, "trunk set", **_edit_request(name, assignments, fields))
-    _edited("trunk", "changed", result, as_json)
+    where = (options, socket_path, config_path)
+    _set_fields("trunk", "--port", where, name, assignments, fields, as_json)
 
 
 @trunk_group.command("remove")
@@ -1955,11 +1952,25 @@ def partner_set(
     **fields: Any,
 ) -> None:
     """Change partner NAME: only the options given change, at once."""
+    where = (options, socket_path, config_path)
+    _set_fields("partner", "--api-key", where, name, assignments, fields, as_json)
+
+
+def _set_fields(
+    noun: str,
+    example: str,
+    where: tuple[_GlobalOptions, Path | None, Path | None],
+    name: str,
+    assignments: tuple[str, ...],
+    fields: dict[str, Any],
+    as_json: bool,
+) -> None:
+    """`trunk set` and `partner set`: refuse an empty change, else send it and show it."""
     if not _changes(**fields) and not assignments:
-        raise click.UsageError("nothing to change: give an option such as --api-key, or --set")
-    path = resolve_socket(options, socket_path, config_path)
-    result = _call(path, "partner set", **_edit_request(name, assignments, fields))
-    _edited("partner", "changed", result, as_json)
+        raise click.UsageError(f"nothing to change: give an option such as {example}, or --set")
+    path = resolve_socket(*where)
+    result = _call(path, f"{noun} set", **_edit_request(name, assignments, fields))
+    _edited(noun, "changed", result, as_json)
 
 
 @partner_group.command("remove")
