@@ -46,6 +46,12 @@ image-disk ARCH:
     just binary {{ARCH}}
     python images/disk/build.py {{ARCH}}
 
+# Provision a disk image (or a flashed disk) before its first boot: a config and root's SSH
+# public keys go into its ESP's provision/ folder, checked here and again on the box, which
+# moves them to its data partition at boot. TARGET: dist/edgegw-ARCH.img or /dev/sdX.
+image-provision TARGET *ARGS:
+    python images/disk/provision.py {{TARGET}} {{ARGS}}
+
 # Update bundle dist/edgegw-ARCH.update for `edgegw upgrade`: the disk image's root, kernel and
 # initrd with a manifest signed with ed25519 ($EDGEGW_SIGNING_KEY, else a development key made
 # once under .cache/images/; the image carries the matching public key).

@@ -183,6 +183,29 @@ def config_check(file: Path) -> None:
     click.echo(f"{file}: ok")
 
 
+@config_group.command("get")
+@click.argument("key")
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+def config_get(key: str, file: Path | None) -> None:
+    """Print KEY (dotted: network.ssh_port, sip.listen.0.port) of FILE's config with every
+    default filled in [default FILE: the embedded default]; tables and lists as JSON.
+
+    For scripts on the box (the disk image's sshd takes its port from network.ssh_port)."""
+    config = _load_config(file) if file is not None else default_config()
+    value: object = msgspec.to_builtins(config)
+    for part in key.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            _fail(f"config has no key {key!r} (no {part!r} there)")
+    if isinstance(value, dict | list):
+        click.echo(msgspec.json.encode(value).decode())
+    else:
+        click.echo(str(value).lower() if isinstance(value, bool) else str(value))
+
+
 @config_group.command("default")
 @click.option(
     "-o",
@@ -2056,8 +2079,16 @@ def upgrade_command(file: Path, reboot: bool) -> None:
     show_default=True,
     help="Seconds the gateway has to answer.",
 )
+@click.option(
+    "--boot-assessment",
+    is_flag=True,
+    help="Judge this boot of a disk image: unhealthy fails (and the box reboots into the "
+    "other slot) only when another slot can take over; else the boot is kept.",
+)
 @click.pass_obj
-def health_command(options: _GlobalOptions, config_path: Path | None, timeout: float) -> None:
+def health_command(
+    options: _GlobalOptions, config_path: Path | None, timeout: float, boot_assessment: bool
+) -> None:
     """Exit 0 once the gateway answers SIP OPTIONS on each UDP listener and `edgegw status`
     works, 1 if it does not within --timeout (the boot-assessment check of a new slot)."""
     from gateway.control import upgrade
@@ -2081,8 +2112,30 @@ def health_command(options: _GlobalOptions, config_path: Path | None, timeout: f
     )
     where = ", ".join(f"{t.host}:{t.port}" for t in targets) or "no UDP listener"
     if not result.healthy:
-        _fail(f"health: unhealthy after {result.seconds:.0f} s: {'; '.join(result.problems)}")
+        unhealthy = f"health: unhealthy after {result.seconds:.0f} s: {'; '.join(result.problems)}"
+        _fail(_keep_boot_without_fallback(unhealthy) if boot_assessment else unhealthy)
     click.echo(f"health: good after {result.seconds:.1f} s: OPTIONS answered on {where}, status ok")
+
+
+def _keep_boot_without_fallback(unhealthy: str) -> str:
+    """What to fail with when another slot can take over (the box then reboots into it);
+    exit 0, keeping this boot, when none can: a reboot would only come back here, and a box
+    that reboots every few minutes cannot be reached to fix it."""
+    from gateway.control import upgrade
+
+    try:
+        with upgrade.local_box() as box:
+            running = upgrade.running_slot(box.cmdline.read_text(encoding="utf-8"))
+            other = upgrade.fallback_slot(box.entries(), running)
+    except (upgrade.UpgradeError, OSError) as exc:
+        return f"{unhealthy}; cannot tell whether a slot can take over: {exc}"
+    if other is not None:
+        return f"{unhealthy}; slot {other} takes over after the reboot"
+    click.echo(
+        f"{unhealthy}; no other slot to fall back to: this boot of slot {running} is kept"
+        " and the box stays up (fix it, then `systemctl restart edgegw`)"
+    )
+    raise click.exceptions.Exit(0)
 
 
 def main() -> None:

@@ -7,7 +7,9 @@ Specification entry `loader/entries/edgegw-<slot>[+LEFT[-DONE]].conf` and its ke
 initrd under `/EFI/edgegw/<slot>/`. systemd-boot counts a counting entry's tries down in its
 file name, sorts entries without tries left last, and otherwise prefers the entry with the
 highest `version`; systemd-bless-boot drops the counter once boot-complete.target is
-reached, and the health check gates that target (`edgegw-health.service`).
+reached, and the health check gates that target (`edgegw-health.service`). A failed check
+reboots the box only when another slot can take over (`fallback_slot`): a box with nowhere
+to fall back to keeps running, reachable over SSH, rather than rebooting for ever.
 
 An update bundle is an uncompressed tar with, in this order:
   manifest.json   format, product, version, arch, build stamp, kernel options, and per part
@@ -41,7 +43,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -81,6 +83,7 @@ __all__ = [
     "apply_plan",
     "entry_text",
     "entry_version",
+    "fallback_slot",
     "health_targets",
     "load_public_key",
     "local_box",
@@ -271,6 +274,17 @@ def parse_entry_name(name: str) -> EntryName | None:
     return EntryName(
         match["slot"], None if left is None else int(left), None if done is None else int(done)
     )
+
+
+def fallback_slot(entry_names: Iterable[str], running: str) -> str | None:
+    """The other slot systemd-boot would boot if this boot failed: one whose entry is blessed
+    or still has tries left; None when there is none (a freshly flashed box, or the other
+    slot used up its tries)."""
+    for name in entry_names:
+        entry = parse_entry_name(name)
+        if entry is not None and entry.slot != running and not entry.exhausted:
+            return entry.slot
+    return None
 
 
 def running_slot(cmdline: str) -> str:

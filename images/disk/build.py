@@ -8,11 +8,14 @@ The image is a raw GPT disk, put together from partition images without loop mou
             slot's kernel and initrd under `/EFI/edgegw/<slot>/`. The entry of slot A is
             `loader/entries/edgegw-a+3.conf`: systemd-boot counts its tries down in the name
             and systemd-bless-boot drops the counter once boot-complete.target is reached.
+            A `provision/` folder written there (images/disk/provision.py, or by hand) is
+            taken onto the data partition at boot.
 * `root-a`  the read-only root file system (squashfs), Debian 12 with systemd as init;
 * `root-b`  the same size, left empty (zeros, sparse in the raw file): the upgrade writes it,
             and only then gets slot B an entry;
 * `data`    ext4, writable: the gateway's config (/var/lib/edgegw/edgegw.toml), SQLite store,
-            CDR exports, captures and logs, plus systemd's state (timesyncd's clock file). It is
+            CDR exports, captures and logs, systemd's state (timesyncd's clock file) and
+            sshd's keys (root's authorized_keys, the box's own host keys). It is
             small in the image; systemd-repart grows it to the end of the disk on first boot.
 Partitions are found by their GPT partition names (PARTLABEL), which is the interface the
 upgrade uses; the kernel command line names the slot's root as root=PARTLABEL=root-<slot>.
@@ -82,6 +85,8 @@ ENABLED_UNITS = (
     "edgegw.service",
     "edgegw-net.service",
     "edgegw-provision-hint.service",
+    "edgegw-provision.service",  # takes a config and SSH keys from the ESP's provision/
+    "ssh.service",  # starts only once root has keys (ssh.service.d/edgegw.conf)
     "edgegw-health.service",  # required by boot-complete.target: gates the blessing of a boot
 )
 
@@ -180,6 +185,7 @@ class Arch:
             "iproute2",
             "ca-certificates",
             "procps",
+            "openssh-server",
             "usr-is-merged",  # see PURGE_HOOK
         )
 
@@ -336,6 +342,7 @@ def customize(root: Path, binary: Path, version: str) -> None:
     (local_bin / "edgegw").chmod(0o755)
     shutil.copy2(SERVICE, root / "usr/local/lib/systemd/system/edgegw.service")
     trim_modules(root)
+    _no_host_keys(root)
     run(["systemd-sysusers", f"--root={root}"], step="systemd-sysusers")
     run(["systemctl", f"--root={root}", "enable", *ENABLED_UNITS], step="systemctl enable")
     _read_only_root(root)
@@ -354,6 +361,13 @@ def install_update_key(root: Path) -> None:
         dest.write_bytes(public_key_pem(signing_key()))
     except RuntimeError as exc:  # UpdateBuildError: the named key is unreadable
         raise BuildError(f"update key: {exc}") from exc
+
+
+def _no_host_keys(root: Path) -> None:
+    """Drop the SSH host keys openssh-server's postinst made in the build root: every box
+    would share them. Each box makes its own on the data partition (ssh-prepare)."""
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
 
 
 def trim_modules(root: Path) -> None:

@@ -2,11 +2,11 @@
 qemu-system-x86_64 (q35, OVMF), aarch64 on qemu-system-aarch64 (virt, a Cortex-A72, AAVMF).
 
 The machine has the image as a virtio disk, its first UART (ttyS0 on x86_64, the PL011
-ttyAMA0 on aarch64) written to a file,
-and user-mode networking whose host side is a network namespace of its own with nothing but
-loopback: port SIP_PORT on that namespace's 127.0.0.1 is forwarded to the guest's SIP port
-5060 (UDP and TCP), and nothing the guest sends can leave the machine (its NTP and DNS find no
-route). qemu's own `restrict=on` would isolate it too, but it also drops the guest's UDP
+ttyAMA0 on aarch64) written to a file, and user-mode networking (guest side 203.0.113.0/24)
+whose host side is a network namespace of its own with nothing but loopback: port SIP_PORT
+on that namespace's 127.0.0.1 is forwarded to the guest's SIP port 5060 (UDP and TCP),
+SSH_PORT to its SSH port 22, and nothing the guest sends can leave the machine (its NTP and
+DNS find no route). qemu's own `restrict=on` would isolate it too, but it also drops the guest's UDP
 answers to forwarded ports (libslirp 4.7 lets only TCP through), so SIP over UDP could not
 be checked. Tests talk to the guest from a thread inside the namespace
 (`Namespace.entered()`).
@@ -41,6 +41,7 @@ __all__ = [
     "OVMF_VARS",
     "QEMU",
     "SIP_PORT",
+    "SSH_PORT",
     "BootedMachine",
     "MachineKind",
     "boot",
@@ -95,8 +96,12 @@ def missing(arch: str) -> str | None:
     return None
 
 
-# The forwarded port on the namespace's loopback (a fresh namespace: always free).
+# The forwarded ports on the namespace's loopback (a fresh namespace: always free).
 SIP_PORT = 5060
+SSH_PORT = 2222
+# The guest's side of user-mode networking: a documentation network (the default is
+# 10.0.2.0/24), with the DHCP server and gateway at .2 and the guest leased .15.
+GUEST_NET = "net=203.0.113.0/24,host=203.0.113.2,dns=203.0.113.3,dhcpstart=203.0.113.15"
 
 _KVM_GET_API_VERSION = 0xAE00
 _KVM_CREATE_VM = 0xAE01
@@ -252,7 +257,10 @@ def boot(
     serial_log = workdir / "serial.log"
     qmp_path = workdir / "qmp.sock"
     accel = choose_accel(workdir, arch)
-    forward = f"hostfwd=udp:127.0.0.1:{SIP_PORT}-:5060,hostfwd=tcp:127.0.0.1:{SIP_PORT}-:5060"
+    forward = (
+        f"hostfwd=udp:127.0.0.1:{SIP_PORT}-:5060,hostfwd=tcp:127.0.0.1:{SIP_PORT}-:5060,"
+        f"hostfwd=tcp:127.0.0.1:{SSH_PORT}-:22"
+    )
     command = [
         "timeout",
         "--signal=KILL",
@@ -277,7 +285,7 @@ def boot(
         "-drive",
         f"if=virtio,format=raw,file={image}",
         "-netdev",
-        f"user,id=n0,{forward}",
+        f"user,id=n0,{GUEST_NET},{forward}",
         "-device",
         "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,addr=0x6",
         "-device",

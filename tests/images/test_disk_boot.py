@@ -10,10 +10,15 @@ prints `edgegw net show --json`, `edgegw status --json` and more as EDGEGW-REPOR
 
 The test sends SIP OPTIONS over UDP to the forwarded port until the gateway answers, then
 reads the serial log: systemd saw the gateway's READY (a Type=notify unit is "Started" only
-then), time sync and the network unit ran, and the box came up unprovisioned (with the hint)
-or, with a config written into the copy's data partition, with its [network] section applied:
-a VLAN 100 sub-interface of the virtio NIC with its address (the build machines' kernel has
-no 8021q, so VLANs are checked here, in the booted image).
+then), time sync and the network unit ran, and the box came up either
+* unprovisioned, with the hint, refusing a key file with no key that was dropped into the
+  ESP's provision/ folder (left there with ERRORS.txt), and with no sshd; or
+* provisioned before its first boot by `images/disk/provision.py` (`./justw
+  image-provision`) with a config and an SSH key: both moved from the ESP to the data
+  partition, the config's [network] section applied (a VLAN 100 sub-interface of the virtio
+  NIC with its address: the build machines' kernel has no 8021q, so VLANs are checked here,
+  in the booted image), and the engineer's key lets `ssh root@BOX edgegw status` in through
+  the forwarded port while a password login is refused.
 
 Measured on the 2-core build machine, TCG (its nested KVM fails at the first instruction):
 x86_64 about 45 s from starting qemu to the first SIP answer, 70 s to the report; aarch64
@@ -27,14 +32,17 @@ import json
 import re
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from images.disk import build
-from tests.images.qemu import SIP_PORT, BootedMachine, boot, missing
+from images.disk import build, provision
+from tests.images.qemu import SIP_PORT, SSH_PORT, BootedMachine, boot, missing
 from tests.integration.netns import Topology, root_skip_reason
 from tests.integration.peers import sip_ping
 
@@ -99,6 +107,8 @@ class BootRecord:
     exit_code: int | None
     accel: str
     entries: list[str]
+    # What `during` (run once the console report is out, before power-off) gave back.
+    found: dict[str, str] = field(default_factory=dict)
 
 
 def _copy_image(arch: str, dest: Path) -> Path:
@@ -153,8 +163,11 @@ def _wait_for_options(machine: BootedMachine, timeout: float) -> str:
     )
 
 
-def _boot(arch: str, image: Path, workdir: Path) -> BootRecord:
-    limit = BOOT_TIMEOUT[arch] + REPORT_TIMEOUT[arch] + 300
+During = Callable[[BootedMachine], dict[str, str]]
+
+
+def _boot(arch: str, image: Path, workdir: Path, during: During | None = None) -> BootRecord:
+    limit = BOOT_TIMEOUT[arch] + REPORT_TIMEOUT[arch] + 600
     with Topology() as topology:
         namespace = topology.namespace("vm")
         with boot(image, workdir, namespace, limit=limit, arch=arch) as vm:
@@ -164,10 +177,83 @@ def _boot(arch: str, image: Path, workdir: Path) -> BootRecord:
                 vm.wait_for_serial("EDGEGW-REPORT failed", REPORT_TIMEOUT[arch])
             except TimeoutError as exc:
                 raise AssertionError(f"{exc}:\n{vm.serial()[-4000:]}") from exc
+            found = during(vm) if during is not None else {}
             exit_code = vm.stop()
             serial = vm.serial()
     print(f"\n{arch}: first SIP answer {seconds:.0f} s after qemu started ({vm.accel})")
-    return BootRecord(arch, answer, seconds, serial, exit_code, vm.accel, _entries(image))
+    entries = _entries(image)
+    return BootRecord(arch, answer, seconds, serial, exit_code, vm.accel, entries, found)
+
+
+def _key_pair(workdir: Path) -> Path:
+    """A field engineer's key: the private half for ssh, `.pub` for the box."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = workdir / "engineer"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    private.chmod(0o600)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    (workdir / "engineer.pub").write_bytes(public + b" engineer@laptop\n")
+    return private
+
+
+def _ssh(
+    vm: BootedMachine, key: Path, command: str, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """`ssh root@BOX COMMAND` through the forwarded port, as an engineer would."""
+    args = [
+        "ssh",
+        *("-p", str(SSH_PORT), "-i", str(key)),
+        *("-o", "BatchMode=yes", "-o", "ConnectTimeout=60"),
+        *("-o", "StrictHostKeyChecking=accept-new"),
+        *("-o", f"UserKnownHostsFile={key.parent / 'known_hosts'}"),
+        *options,
+        "root@127.0.0.1",
+        command,
+    ]
+    return vm.namespace.run(args, timeout=300)
+
+
+def _ssh_session(key: Path) -> During:
+    def session(vm: BootedMachine) -> dict[str, str]:
+        status = _ssh(vm, key, "edgegw status --json")
+        files = _ssh(
+            vm, key, "stat -c '%U %a %n' /var/lib/edgegw/edgegw.toml /data/ssh/authorized_keys"
+        )
+        password = _ssh(
+            vm, key, "true", "-o", "PubkeyAuthentication=no", "-o", "PasswordAuthentication=yes"
+        )
+        fingerprint = subprocess.run(
+            ["ssh-keygen", "-l", "-f", str(key.parent / "known_hosts")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        # Exit code, a space, then stdout (stderr, with ssh's own notes, when it failed).
+        return {
+            name: f"{done.returncode} {done.stderr if done.returncode else done.stdout}"
+            for name, done in (("status", status), ("files", files), ("password", password))
+        } | {"host-key": fingerprint.stdout}
+
+    return session
+
+
+def _esp_listing(image: Path, folder: str) -> list[str]:
+    """The names in an ESP folder, sorted; [] when the folder is not there."""
+    done = subprocess.run(
+        ["mdir", "-b", "-i", build.esp_path(image), f"::/{folder}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return sorted(Path(line).name for line in done.stdout.split()) if done.returncode == 0 else []
 
 
 _REPORT = re.compile(r"EDGEGW-REPORT (?P<name>\S+) rc=(?P<rc>\d+) ?(?P<text>.*)$", re.M)
@@ -226,30 +312,53 @@ def test_unprovisioned_boot_answers_sip_and_says_how_to_provision(
 ) -> None:
     workdir = tmp_path
     image = _copy_image(arch, workdir / "disk.img")
+    # What a laptop could drop into the ESP without ./justw image-provision's checks: a key
+    # file with no key. The box refuses it, says why, and stays without SSH.
+    bad_keys = workdir / "authorized_keys"
+    bad_keys.write_text("paste your key here\n")
+    esp = build.esp_path(image)
+    subprocess.run(["mmd", "-i", esp, "::/provision"], check=True)
+    subprocess.run(["mcopy", "-i", esp, str(bad_keys), "::/provision/"], check=True)
     record = _boot(arch, image, workdir)
     _assert_common(record)
     serial = record.serial
     assert "EDGEGW-HINT edgegw is NOT PROVISIONED" in serial
+    assert "EDGEGW-HINT       ./justw image-provision dist/edgegw-ARCH.img" in serial
     assert "edgegw: not provisioned: no /var/lib/edgegw/edgegw.toml" in serial
     assert "skipped because of an unmet condition check (ConditionPathExists=/var/lib/edgegw" in (
         serial
     )
+    assert "EDGEGW-PROVISION authorized_keys refused: no public key in it" in serial
+    assert "(ConditionPathExists=/data/ssh/authorized_keys)" in serial, "sshd started"
+    assert _esp_listing(image, "provision") == ["ERRORS.txt", "authorized_keys"]
     assert reports(serial)["units"][1] == "active inactive active active"
     network = report_json(serial, "net-show")
     assert network["managed"] is False
     assert not network["firewall"]["present"]
 
 
-def test_config_with_vlan_is_applied_at_boot(arch: str, tmp_path: Path) -> None:
+def test_provisioned_box_applies_its_vlan_and_lets_its_engineer_in(
+    arch: str, tmp_path: Path
+) -> None:
+    """Provisioned the way a field engineer does it before flashing (./justw
+    image-provision: a config with a VLAN 100 carrier interface and root's SSH key), then
+    reached over SSH with that key; passwords are refused."""
     workdir = tmp_path
     image = _copy_image(arch, workdir / "disk.img")
     config = workdir / "edgegw.toml"
     config.write_text(VLAN_CONFIG)
-    build.write_data_partition(image, build.data_tree(workdir / "data", config), workdir)
-    record = _boot(arch, image, workdir)
+    key = _key_pair(workdir)
+    args = [str(image), "--config", str(config), "--authorized-keys", f"{key}.pub"]
+    assert provision.main(args) == 0
+    assert _esp_listing(image, "provision") == ["authorized_keys", "edgegw.toml"]
+    record = _boot(arch, image, workdir, during=_ssh_session(key))
     _assert_common(record)
     serial = record.serial
     assert "EDGEGW-HINT" not in serial
+    assert "EDGEGW-PROVISION config installed: /var/lib/edgegw/edgegw.toml" in serial
+    assert "EDGEGW-PROVISION SSH key for root: 256 SHA256:" in serial
+    # Moved to the data partition: the config (it holds secrets) is gone from the ESP.
+    assert _esp_listing(image, "provision") == []
     assert "Finished edgegw-net.service - edgegw network set-up and firewall" in serial
     assert f"SIP OPTIONS answered: carrier {VLAN_ADDRESS.split('/')[0]}:5060" in serial
     assert reports(serial)["units"][1] == "active active active active"
@@ -259,3 +368,17 @@ def test_config_with_vlan_is_applied_at_boot(arch: str, tmp_path: Path) -> None:
     assert carrier["present"] and carrier["up"], carrier
     assert VLAN_ADDRESS in carrier["addresses"], carrier
     assert network["firewall"]["present"]
+    found = record.found
+    rc, _, text = found["status"].partition(" ")
+    assert rc == "0", found["status"]
+    assert json.loads(text)["trunks"] == [], text
+    assert found["files"] == (
+        "0 edgegw 640 /var/lib/edgegw/edgegw.toml\nroot 600 /data/ssh/authorized_keys\n"
+    ), found["files"]
+    assert found["password"].startswith("255 "), found["password"]
+    assert "Permission denied (publickey)" in found["password"], found["password"]
+    # The host key the client was shown is the one the box printed on its console.
+    fingerprint = found["host-key"].split()[1]
+    assert fingerprint.startswith("SHA256:"), found["host-key"]
+    assert re.search(rf"EDGEGW-SSH host key \d+ {re.escape(fingerprint)} ", serial), serial[-3000:]
+    assert "EDGEGW-SSH sshd on port 22" in serial

@@ -588,6 +588,37 @@ def test_config_check_unreadable(tmp_path: Path) -> None:
     assert result.stderr == f"{tmp_path}: cannot read: Is a directory\n"
 
 
+def test_config_get_prints_values_with_defaults_filled_in(good_config: Path) -> None:
+    for key, printed in (
+        ("network.ssh_port", "22"),  # not in the file: the default
+        ("trunks.0.port", "5080"),
+        ("trunks.0.name", "carrier-a"),
+        ("network.firewall", "true"),
+    ):
+        result = invoke(["config", "get", key, str(good_config)])
+        assert (result.exit_code, result.stdout) == (0, printed + "\n"), (key, result.output)
+    result = invoke(["config", "get", "trunks.0.networks", str(good_config)])
+    assert json.loads(result.stdout) == []
+    result = invoke(["config", "get", "network.ssh_port"])  # the embedded default
+    assert result.stdout == "22\n"
+
+
+def test_config_get_refuses_unknown_keys_and_bad_files(good_config: Path, bad_config: Path) -> None:
+    for key, missing in (
+        ("network.no_such", "no_such"),
+        ("trunks.7.port", "7"),
+        ("trunks.x", "x"),
+        ("network.ssh_port.more", "more"),
+    ):
+        result = invoke(["config", "get", key, str(good_config)])
+        assert result.exit_code == EXIT_FAILED
+        assert result.stderr == f"edgegw: config has no key {key!r} (no {missing!r} there)\n"
+        assert result.stdout == ""
+    result = invoke(["config", "get", "network.ssh_port", str(bad_config)])
+    assert result.exit_code == EXIT_FAILED
+    assert result.stderr.startswith("edgegw: invalid config: "), result.stderr
+
+
 async def test_config_default_writes_a_file_config_check_accepts(tmp_path: Path) -> None:
     path = tmp_path / "edgegw.toml"
     done = await run_edgegw("config", "default", "-o", str(path))

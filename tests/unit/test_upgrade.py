@@ -6,19 +6,22 @@ driven with a fake clock."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.config import load_config
 from gateway.control import upgrade
+from gateway.control.cli import cli
 from gateway.net.check import SipTarget
 from gateway.sip.message import Headers, Response
 from images.update.build import public_key_pem, write_bundle
@@ -412,3 +415,55 @@ def test_unhealthy_after_the_timeout_names_what_failed() -> None:
     assert not result.healthy
     assert result.seconds == 120
     assert result.problems == ("no answer to SIP OPTIONS from 127.0.0.1:5060",)
+
+
+def test_fallback_slot_is_another_entry_with_tries_or_blessed() -> None:
+    fallback = upgrade.fallback_slot
+    assert fallback(["edgegw-a.conf", "edgegw-b+1.conf"], "b") == "a"  # upgraded: A is good
+    assert fallback(["edgegw-a+2-1.conf", "edgegw-b.conf"], "b") == "a"
+    assert fallback(["edgegw-a+3.conf"], "a") is None  # freshly flashed: nothing else
+    assert fallback(["edgegw-a+0-3.conf", "edgegw-b.conf"], "b") is None  # A used up
+    assert fallback(["edgegw-a.conf", "loader.conf", "other-b.conf"], "a") is None
+
+
+def _health_on_box(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, entries: list[str], running: str
+) -> Result:
+    """`edgegw health --boot-assessment` against a gateway that never answers, on a box
+    whose ESP holds `entries`."""
+    box = _box(tmp_path, Ed25519PrivateKey.generate(), running=running)
+    folder = box.esp / "loader" / "entries"
+    for old in folder.iterdir():
+        old.unlink()
+    for name in entries:
+        (folder / name).write_text(_entry(name[7], "20261101000000"))
+
+    @contextlib.contextmanager
+    def local_box() -> Iterator[upgrade.Box]:
+        yield box
+
+    monkeypatch.setattr(upgrade, "local_box", local_box)
+    config = tmp_path / "edgegw.toml"
+    config.write_text(
+        f'[general]\nvar_dir = "{tmp_path}"\n\n'
+        '[[sip.listen]]\ntransport = "udp"\nhost = "127.0.0.1"\nport = 9\n'
+    )
+    args = ["health", "--boot-assessment", "--timeout", "0", "--config", str(config)]
+    return CliRunner().invoke(cli, args, prog_name="edgegw")
+
+
+def test_an_unhealthy_boot_with_a_fallback_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    result = _health_on_box(monkeypatch, tmp_path, ["edgegw-a.conf", "edgegw-b+0-1.conf"], "b")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("edgegw: health: unhealthy after 0 s: no answer to SIP OPTIONS")
+    assert result.stderr.endswith("; slot a takes over after the reboot\n"), result.stderr
+
+
+def test_an_unhealthy_boot_without_a_fallback_is_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    result = _health_on_box(monkeypatch, tmp_path, ["edgegw-a+2-1.conf"], "a")
+    assert result.exit_code == 0, result.output
+    assert "no other slot to fall back to: this boot of slot a is kept" in result.stdout
