@@ -38,6 +38,7 @@ image-test:
     just image-disk x86_64
     just image-disk aarch64
     python images/update/build.py x86_64
+    python images/update/build.py aarch64
     python -m pytest -q tests/images
 
 # Flashable disk image dist/edgegw-ARCH.img and .img.zst (x86_64 | aarch64): GPT with an ESP
