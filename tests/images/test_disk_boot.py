@@ -18,7 +18,10 @@ then), time sync and the network unit ran, and the box came up either
   partition, the config's [network] section applied (a VLAN 100 sub-interface of the virtio
   NIC with its address: the build machines' kernel has no 8021q, so VLANs are checked here,
   in the booted image), and the engineer's key lets `ssh root@BOX edgegw status` in through
-  the forwarded port while a password login is refused.
+  the forwarded port while a password login is refused; or
+* (x86_64) provisioned with a config whose gateway never gets healthy: with no other slot
+  to fall back to, the health gate keeps the boot instead of rebooting, and the engineer
+  gets in over SSH and sees why.
 
 Measured on the 2-core build machine, TCG (its nested KVM fails at the first instruction):
 x86_64 about 45 s from starting qemu to the first SIP answer, 70 s to the report; aarch64
@@ -58,7 +61,8 @@ ENTRY = f"edgegw-a+{build.TRIES}.conf"
 NIC = "enp0s6"
 VLAN_ADDRESS = "198.51.100.10/24"
 
-VLAN_CONFIG = f"""\
+# SIP on every address: what the forwarded port reaches. The tests' configs add to it.
+BOX_CONFIG = """\
 [general]
 var_dir = "/var/lib/edgegw"
 
@@ -66,13 +70,26 @@ var_dir = "/var/lib/edgegw"
 transport = "udp"
 host = "0.0.0.0"
 port = 5060
-
+"""
+VLAN_CONFIG = f"""{BOX_CONFIG}
 [[network.interfaces]]
 role = "carrier"
 name = "{NIC}"
 vlan = 100
 addresses = ["{VLAN_ADDRESS}"]
 """
+# A config the box takes but whose gateway never gets healthy: one UDP listener on an
+# address the box does not have (ip_nonlocal_bind lets it bind; the health check's OPTIONS
+# to it leave by the default route and are never answered).
+UNREACHABLE_HOST, UNREACHABLE_PORT = "198.51.100.99", 5070
+UNREACHABLE_LISTENER = f"{UNREACHABLE_HOST}:{UNREACHABLE_PORT}"
+UNHEALTHY_CONFIG = f"""{BOX_CONFIG}
+[[sip.listen]]
+transport = "udp"
+host = "{UNREACHABLE_HOST}"
+port = {UNREACHABLE_PORT}
+"""
+KEPT = "no other slot to fall back to: this boot of slot a is kept"
 
 
 def _skip_reason() -> str | None:
@@ -202,6 +219,19 @@ def _key_pair(workdir: Path) -> Path:
     )
     (workdir / "engineer.pub").write_bytes(public + b" engineer@laptop\n")
     return private
+
+
+def _provisioned_copy(arch: str, workdir: Path, config_text: str) -> tuple[Path, Path]:
+    """A copy of the image provisioned as before flashing (images/disk/provision.py, what
+    `./justw image-provision` runs) with `config_text` and a new key; the copy and the
+    private key."""
+    image = _copy_image(arch, workdir / "disk.img")
+    config = workdir / "edgegw.toml"
+    config.write_text(config_text)
+    key = _key_pair(workdir)
+    args = [str(image), "--config", str(config), "--authorized-keys", f"{key}.pub"]
+    assert provision.main(args) == 0
+    return image, key
 
 
 def _ssh(
@@ -344,12 +374,7 @@ def test_provisioned_box_applies_its_vlan_and_lets_its_engineer_in(
     image-provision: a config with a VLAN 100 carrier interface and root's SSH key), then
     reached over SSH with that key; passwords are refused."""
     workdir = tmp_path
-    image = _copy_image(arch, workdir / "disk.img")
-    config = workdir / "edgegw.toml"
-    config.write_text(VLAN_CONFIG)
-    key = _key_pair(workdir)
-    args = [str(image), "--config", str(config), "--authorized-keys", f"{key}.pub"]
-    assert provision.main(args) == 0
+    image, key = _provisioned_copy(arch, workdir, VLAN_CONFIG)
     assert _esp_listing(image, "provision") == ["authorized_keys", "edgegw.toml"]
     record = _boot(arch, image, workdir, during=_ssh_session(key))
     _assert_common(record)
@@ -382,3 +407,42 @@ def test_provisioned_box_applies_its_vlan_and_lets_its_engineer_in(
     assert fingerprint.startswith("SHA256:"), found["host-key"]
     assert re.search(rf"EDGEGW-SSH host key \d+ {re.escape(fingerprint)} ", serial), serial[-3000:]
     assert "EDGEGW-SSH sshd on port 22" in serial
+
+
+def _engineer_checks(key: Path) -> During:
+    def checks(vm: BootedMachine) -> dict[str, str]:
+        health = _ssh(vm, key, "edgegw health --timeout 5 --config /var/lib/edgegw/edgegw.toml")
+        state = _ssh(vm, key, "systemctl is-system-running")
+        return {
+            "health": f"{health.returncode} {health.stdout}{health.stderr}",
+            "state": f"{state.returncode} {state.stdout.strip()}",
+        }
+
+    return checks
+
+
+def test_an_unhealthy_fresh_box_stays_up_for_its_engineer(tmp_path: Path) -> None:
+    """A freshly flashed box has no other slot to fall back to: when its gateway is not
+    healthy within the 2 minutes, the health gate keeps the boot (rebooting would only come
+    back to the same slot, every few minutes, out of reach) and the engineer gets in over
+    SSH to see why. x86_64 only: the decision is the same Python on both arches, and the
+    aarch64 upgrade journey (tests/images/test_upgrade.py) already boots that code."""
+    arch = "x86_64"
+    absent = missing(arch)
+    if absent is not None:
+        pytest.skip(f"{absent}: ./justw image-test installs them")
+    workdir = tmp_path
+    image, key = _provisioned_copy(arch, workdir, UNHEALTHY_CONFIG)
+    record = _boot(arch, image, workdir, during=_engineer_checks(key))
+    _assert_common(record)  # blessed, powered off cleanly, no failed unit
+    serial = record.serial
+    unhealthy = (
+        rf"health: unhealthy after 12\d s: no answer to SIP OPTIONS from {UNREACHABLE_LISTENER}"
+    )
+    assert re.search(unhealthy, serial), serial[-4000:]
+    assert KEPT in serial
+    assert "reboot: Restarting system" not in serial
+    health = record.found["health"]
+    assert health.startswith("1 "), health
+    assert f"no answer to SIP OPTIONS from {UNREACHABLE_LISTENER}" in health, health
+    assert record.found["state"] == "0 running", record.found
