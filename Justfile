@@ -39,7 +39,7 @@ image-test:
     just image-disk aarch64
     python images/update/build.py x86_64
     python images/update/build.py aarch64
-    python -m pytest -q tests/images
+    python -m pytest -q --durations=0 tests/images
 
 # Flashable disk image dist/edgegw-ARCH.img and .img.zst (x86_64 | aarch64): GPT with an ESP
 # (systemd-boot, boot counting), read-only root slots A and B, a data partition.
