@@ -5,7 +5,9 @@ parallel, or a carrier trunk). Each leg has its own Call-ID, tags, Via and
 Contact: nothing of one leg's addresses reaches the other. SDP is rewritten to
 the call's relay ports on each side (RFC 3264 offer/answer carried through).
 Everything of a call runs in one Trio nursery (DESIGN rule 2); leaving it
-cancels the relay, the timers and the pending work, and writes the CDR.
+cancels the relay, the timers and the pending work, and writes the CDR. The
+forks still without a final response are then heard until their INVITE
+transactions end: a 2xx that crossed our CANCEL (9.1, 15) is ACKed and hung up.
 
 Covered: provisional relay with early media (183 + SDP), 2xx with ACK on each
 leg and 2xx retransmission until the caller's ACK (RFC 3261 13.3.1.4), CANCEL
@@ -184,6 +186,8 @@ class Branch:
     # Reliable provisionals (RFC 3262): their order, and the early dialog of each To tag.
     reliable: ReliableReceiver | None = None
     early: dict[str, Dialog] = field(default_factory=dict)
+    # 2xx that came when this fork was no longer wanted, by To tag: ACKed and hung up.
+    released: dict[str, Dialog] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -572,6 +576,11 @@ class Call:
     # ---- the call's life ---------------------------------------------------------------
 
     async def run(self) -> None:
+        await self._run_call()
+        await self._release_late_answers()  # not on shutdown: Cancelled skips it
+
+    async def _run_call(self) -> None:
+        """The call from its start to its CDR."""
         self.host.register_dialog(self.a.call_id, self.a.local_tag, self, "a")
         self.host.register_dialog(self.b.call_id, self.b.local_tag, self, "b")
         try:
@@ -1072,15 +1081,56 @@ class Call:
         if branch is self.winner:
             self.on_stray_2xx(event)
             return
-        # A second fork answered too: acknowledge and release it (RFC 3261 13.2.2.4).
-        try:
-            late = Dialog.as_uac(branch.request, event)
-        except DialogError:
-            return  # no usable Contact: it cannot be reached in-dialog
-        self.host.endpoint.send_ack(late.create_ack(event.cseq.seq), branch.destination)
-        bye = late.create_request("BYE")
-        self._finish_headers(bye)
-        self.host.endpoint.send_request(bye, branch.destination)
+        self._release_late_answer(branch, event)
+
+    def _release_late_answer(self, branch: Branch, response: Response) -> None:
+        """A 2xx from a fork we no longer want (a second fork answering, RFC 3261 13.2.2.4;
+        or a 2xx crossing our CANCEL, 9.1): ACK it, and hang up with one BYE. Its
+        retransmissions (RFC 6026 7.2 hands them to us) are ACKed again, never BYE'd twice."""
+        tag = response.to.tag or ""
+        late = branch.released.get(tag)
+        if late is None:
+            try:
+                late = Dialog.as_uac(branch.request, response)
+            except DialogError:
+                return  # no usable Contact: it cannot be reached in-dialog
+            branch.released[tag] = late
+            bye: Request | None = late.create_request("BYE")
+        else:
+            bye = None
+        self.host.endpoint.send_ack(late.create_ack(response.cseq.seq), branch.destination)
+        if bye is not None:
+            self._finish_headers(bye)
+            self.host.endpoint.send_request(bye, branch.destination)
+
+    def _unanswered_branches(self) -> list[Branch]:
+        """The forks, of every route tried, that never got a final response."""
+        return [
+            b
+            for b in (*self._old_branches, *self.branches)
+            if b is not self.winner and b.final is None and b.handle is not None
+        ]
+
+    async def _release_late_answers(self) -> None:
+        """After the call: a fork we cancelled may still answer, its 2xx having crossed our
+        CANCEL; the callee would then hold an answered call nobody is on. Each fork is heard
+        until its INVITE transaction ends (Timer B, or 64*T1 after a 2xx, RFC 6026), and
+        every 2xx is ACKed and hung up."""
+        pending = self._unanswered_branches()
+        if not pending:
+            return
+        with trio.move_on_after(64 * self.config.sip.t1 + 1.0):
+            async with trio.open_nursery() as nursery:
+                for branch in pending:
+                    nursery.start_soon(self._drain_branch, branch)
+
+    async def _drain_branch(self, branch: Branch) -> None:
+        assert branch.handle is not None
+        async for event in branch.handle:
+            if isinstance(event, TransactionTimeout) or event.status >= 300:
+                return
+            if event.status >= 200:
+                self._release_late_answer(branch, event)
 
     def _on_caller_cancel(self) -> None:
         """The caller's CANCEL (RFC 3261 9.2), queued behind the responses already in."""

@@ -154,6 +154,14 @@ class ClickToCall(Call):
                 self._cancel_branch(branch, force=True)
         self._release_a()
 
+    def _unanswered_branches(self) -> list[Branch]:
+        toward_a = [
+            b
+            for b in self.a_branches
+            if b is not self.a_winner and b.final is None and b.handle is not None
+        ]
+        return [*super()._unanswered_branches(), *toward_a]
+
     def _identity(self, destination: Destination) -> tuple[str, str]:
         return self._identity_toward("b", self.route, destination)
 
@@ -213,9 +221,9 @@ class ClickToCall(Call):
 
     # ---- the two phases ------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def _run_call(self) -> None:
         try:
-            await super().run()
+            await super()._run_call()
         finally:
             self._notify(ClickToCallState.ENDED, self._cause())
 

@@ -141,6 +141,29 @@ async def test_hang_up_while_calling_a_cancels_it(gw: GatewayUnderTest, trunk: U
     assert not gw.running.core.hangup(call_id)
 
 
+async def test_an_answer_from_a_crossing_the_cancel_is_acked_and_hung_up(
+    gw: GatewayUnderTest, trunk: UdpPeer
+) -> None:
+    # The partner hangs up while A rings, and A answers as the CANCEL reaches it: A's 2xx
+    # is ACKed and A hung up (RFC 3261 9.1), and B is never called.
+    states = States()
+    call_id = await gw.running.core.click_to_call(partner="p", a=A, b=B, on_state=states)
+    invite = await trunk.expect_request("INVITE")
+    await trunk.reply(invite, 180, to_tag="ring", to=gw.udp4)
+    assert gw.running.core.hangup(call_id)
+    cancel = await trunk.expect_request("CANCEL")
+    contact = f"<sip:carrier@127.0.0.1:{trunk.local[1]}>"
+    body = sdp_offer("127.0.0.1", 41000)
+    await trunk.reply(invite, 200, to_tag="ring", body=body, contact=contact, to=gw.udp4)
+    await trunk.reply(cancel, 200, to=gw.udp4)
+    ack = await trunk.expect_request("ACK", call_id=invite.call_id)
+    assert ack.cseq.seq == invite.cseq.seq
+    bye = await trunk.expect_request("BYE", call_id=invite.call_id)
+    await trunk.reply(bye, 200, to=gw.udp4)
+    assert await states.until(ClickToCallState.ENDED) == "api-delete"
+    await trunk.expect_silence(0.5)  # no INVITE toward B
+
+
 @pytest.mark.parametrize(
     ("a", "b", "status"),
     [("110", B, 403), (A, "112", 403), ("nonsense", B, 404), (A, "", 404)],

@@ -192,3 +192,46 @@ async def test_a_caller_that_never_prack_s_can_still_cancel_the_held_answer(
     [cdr] = await cdrs(gw, 1)
     assert (cdr.disposition, cdr.end_reason, cdr.answer) == ("cancelled", "caller-cancel", None)
     app.close()
+
+
+async def test_an_answer_crossing_our_cancel_is_acked_and_hung_up_once(
+    gw: GatewayUnderTest, trunk: UdpPeer
+) -> None:
+    # The carrier cancels while the app rings, and the app answers just as the gateway's
+    # CANCEL reaches it (RFC 3261 9.1: the CANCEL then changes nothing). The carrier still
+    # gets its 487; the app's 2xx is ACKed and the app hung up, or it would hold an answered
+    # call nobody is on until it gave up on the ACK. Its retransmitted 2xx is ACKed again
+    # and draws no second BYE.
+    app = await UdpPeer.open(gw.udp4)
+    register = app.request("REGISTER", f"sip:{app.domain}", from_user="1002", to_user="1002")
+    assert (await app.with_auth(register, "1002")).status == 200
+    invite = carrier_invite(trunk, gw, NUMBERS["1002"])
+    await trunk.send(invite, gw.udp4)
+    ringing = await app.expect_request("INVITE")
+    await app.reply(ringing, 180, to_tag="app", to=gw.udp4)
+    cancel = Request("CANCEL", invite.uri, invite.headers.copy())
+    cancel.headers.set("CSeq", f"{invite.cseq.seq} CANCEL")
+    cancel.headers.remove("Content-Type")
+    cancel.body = b""
+    await trunk.send(cancel, gw.udp4)
+    assert (await trunk.expect_response(cancel)).status == 200
+    terminated = await trunk.expect_response(invite)
+    assert terminated.status == 487
+    await trunk.send(ack_for_failure(invite, terminated), gw.udp4)
+    ours = await app.expect_request("CANCEL")
+    assert ours.call_id == ringing.call_id
+    contact = f"<sip:1002@127.0.0.1:{app.local[1]}>"
+    body = sdp_offer("127.0.0.1", 43000)
+    ok = await app.reply(ringing, 200, to_tag="app", body=body, contact=contact, to=gw.udp4)
+    await app.reply(ours, 200, to=gw.udp4)
+    ack = await app.expect_request("ACK", call_id=ringing.call_id)
+    assert ack.cseq.seq == ringing.cseq.seq
+    bye = await app.expect_request("BYE", call_id=ringing.call_id)
+    assert "tag=app" in (bye.headers.get("To") or "")
+    await app.send(ok, gw.udp4)  # the 2xx again, as if our ACK were lost
+    await app.expect_request("ACK", call_id=ringing.call_id)
+    await app.reply(bye, 200, to=gw.udp4)
+    await app.expect_silence(0.5)
+    [cdr] = await cdrs(gw, 1)
+    assert (cdr.disposition, cdr.end_reason, cdr.answer) == ("cancelled", "caller-cancel", None)
+    app.close()
