@@ -6,9 +6,9 @@ ttyAMA0 on aarch64) written to a file, and user-mode networking (guest side 203.
 whose host side is a network namespace of its own with nothing but loopback: port SIP_PORT
 on that namespace's 127.0.0.1 is forwarded to the guest's SIP port 5060 (UDP and TCP),
 SSH_PORT to its SSH port 22, and nothing the guest sends can leave the machine (its NTP and
-DNS find no route). qemu's own `restrict=on` would isolate it too, but it also drops the guest's UDP
-answers to forwarded ports (libslirp 4.7 lets only TCP through), so SIP over UDP could not
-be checked. Tests talk to the guest from a thread inside the namespace
+DNS find no route). qemu's own `restrict=on` would isolate it too, but it also drops the
+guest's UDP answers to forwarded ports (libslirp 4.7 lets only TCP through), so SIP over
+UDP could not be checked. Tests talk to the guest from a thread inside the namespace
 (`Namespace.entered()`).
 
 KVM is used when it really runs a guest (a short probe boots the firmware with it: the build
