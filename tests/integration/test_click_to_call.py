@@ -127,14 +127,22 @@ async def test_b_busy_hangs_up_a(gw: GatewayUnderTest, trunk: UdpPeer) -> None:
     assert await states.until(ClickToCallState.ENDED) == "b-busy"
 
 
-async def test_hang_up_while_calling_a_cancels_it(gw: GatewayUnderTest, trunk: UdpPeer) -> None:
-    states = States()
+async def hang_up_while_a_rings(
+    gw: GatewayUnderTest, trunk: UdpPeer, states: States
+) -> tuple[str, Request, Request]:
+    """A click-to-call the partner hangs up while A rings: its id, A's INVITE, our CANCEL."""
     call_id = await gw.running.core.click_to_call(partner="p", a=A, b=B, on_state=states)
     invite = await trunk.expect_request("INVITE")
     await trunk.reply(invite, 180, to_tag="ring", to=gw.udp4)
     assert gw.running.core.hangup(call_id)
     cancel = await trunk.expect_request("CANCEL")
     assert cancel.call_id == invite.call_id
+    return call_id, invite, cancel
+
+
+async def test_hang_up_while_calling_a_cancels_it(gw: GatewayUnderTest, trunk: UdpPeer) -> None:
+    states = States()
+    call_id, invite, cancel = await hang_up_while_a_rings(gw, trunk, states)
     await trunk.reply(cancel, 200, to=gw.udp4)
     await trunk.reply(invite, 487, to_tag="ring", to=gw.udp4)
     assert await states.until(ClickToCallState.ENDED) == "api-delete"
@@ -147,11 +155,7 @@ async def test_an_answer_from_a_crossing_the_cancel_is_acked_and_hung_up(
     # The partner hangs up while A rings, and A answers as the CANCEL reaches it: A's 2xx
     # is ACKed and A hung up (RFC 3261 9.1), and B is never called.
     states = States()
-    call_id = await gw.running.core.click_to_call(partner="p", a=A, b=B, on_state=states)
-    invite = await trunk.expect_request("INVITE")
-    await trunk.reply(invite, 180, to_tag="ring", to=gw.udp4)
-    assert gw.running.core.hangup(call_id)
-    cancel = await trunk.expect_request("CANCEL")
+    _, invite, cancel = await hang_up_while_a_rings(gw, trunk, states)
     contact = f"<sip:carrier@127.0.0.1:{trunk.local[1]}>"
     body = sdp_offer("127.0.0.1", 41000)
     await trunk.reply(invite, 200, to_tag="ring", body=body, contact=contact, to=gw.udp4)

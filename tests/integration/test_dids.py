@@ -54,6 +54,23 @@ def carrier_invite(trunk: UdpPeer, gw: GatewayUnderTest, number: str) -> Request
     return invite
 
 
+def carrier_cancel(invite: Request) -> Request:
+    """The carrier's CANCEL of `invite` (RFC 3261 9.1: its Via, Call-ID, tags, CSeq number)."""
+    cancel = Request("CANCEL", invite.uri, invite.headers.copy())
+    cancel.headers.set("CSeq", f"{invite.cseq.seq} CANCEL")
+    cancel.headers.remove("Content-Type")
+    cancel.body = b""
+    return cancel
+
+
+async def registered_app(gw: GatewayUnderTest) -> UdpPeer:
+    """Subscriber 1002's app, registered."""
+    app = await UdpPeer.open(gw.udp4)
+    register = app.request("REGISTER", f"sip:{app.domain}", from_user="1002", to_user="1002")
+    assert (await app.with_auth(register, "1002")).status == 200
+    return app
+
+
 async def cdrs(gw: GatewayUnderTest, count: int) -> list[Cdr]:
     with trio.fail_after(10):
         while len(found := await gw.running.store.list_cdrs()) < count:
@@ -64,9 +81,7 @@ async def cdrs(gw: GatewayUnderTest, count: int) -> list[Cdr]:
 async def test_a_carrier_call_to_a_number_rings_its_owners_app(
     gw: GatewayUnderTest, trunk: UdpPeer
 ) -> None:
-    app = await UdpPeer.open(gw.udp4)
-    register = app.request("REGISTER", f"sip:{app.domain}", from_user="1002", to_user="1002")
-    assert (await app.with_auth(register, "1002")).status == 200
+    app = await registered_app(gw)
     invite = carrier_invite(trunk, gw, NUMBERS["1002"])
     await trunk.send(invite, gw.udp4)
     ringing = await app.expect_request("INVITE")
@@ -140,9 +155,7 @@ async def test_an_extension_we_do_not_have_gets_420(gw: GatewayUnderTest, trunk:
 async def test_national_called_number_and_asserted_caller_are_read_as_e164(
     gw: GatewayUnderTest, trunk: UdpPeer
 ) -> None:
-    app = await UdpPeer.open(gw.udp4)
-    register = app.request("REGISTER", f"sip:{app.domain}", from_user="1002", to_user="1002")
-    assert (await app.with_auth(register, "1002")).status == 200
+    app = await registered_app(gw)
     # 1002's number in the national form, the caller in P-Asserted-Identity (trusted).
     invite = carrier_invite(trunk, gw, "13900139002")
     invite.headers.add("P-Asserted-Identity", "<tel:+8613600136000>")
@@ -164,9 +177,7 @@ async def test_a_caller_that_never_prack_s_can_still_cancel_the_held_answer(
     # The carrier requires 100rel; the app rings and answers at once. Our 2xx waits for the
     # PRACK of the reliable 180, which never comes: the carrier's CANCEL gets the INVITE a
     # 487, the app is hung up, and the call was never answered (nor billed).
-    app = await UdpPeer.open(gw.udp4)
-    register = app.request("REGISTER", f"sip:{app.domain}", from_user="1002", to_user="1002")
-    assert (await app.with_auth(register, "1002")).status == 200
+    app = await registered_app(gw)
     invite = carrier_invite(trunk, gw, NUMBERS["1002"])
     invite.headers.add("Require", "100rel")
     await trunk.send(invite, gw.udp4)
@@ -178,10 +189,7 @@ async def test_a_caller_that_never_prack_s_can_still_cancel_the_held_answer(
     await app.expect_request("ACK")
     reliable = await trunk.expect_response(invite, final=False)
     assert reliable.status == 180 and reliable.headers.get("RSeq")
-    cancel = Request("CANCEL", invite.uri, invite.headers.copy())
-    cancel.headers.set("CSeq", f"{invite.cseq.seq} CANCEL")
-    cancel.headers.remove("Content-Type")
-    cancel.body = b""
+    cancel = carrier_cancel(invite)
     await trunk.send(cancel, gw.udp4)
     assert (await trunk.expect_response(cancel)).status == 200
     terminated = await trunk.expect_response(invite)
@@ -202,17 +210,12 @@ async def test_an_answer_crossing_our_cancel_is_acked_and_hung_up_once(
     # gets its 487; the app's 2xx is ACKed and the app hung up, or it would hold an answered
     # call nobody is on until it gave up on the ACK. Its retransmitted 2xx is ACKed again
     # and draws no second BYE.
-    app = await UdpPeer.open(gw.udp4)
-    register = app.request("REGISTER", f"sip:{app.domain}", from_user="1002", to_user="1002")
-    assert (await app.with_auth(register, "1002")).status == 200
+    app = await registered_app(gw)
     invite = carrier_invite(trunk, gw, NUMBERS["1002"])
     await trunk.send(invite, gw.udp4)
     ringing = await app.expect_request("INVITE")
     await app.reply(ringing, 180, to_tag="app", to=gw.udp4)
-    cancel = Request("CANCEL", invite.uri, invite.headers.copy())
-    cancel.headers.set("CSeq", f"{invite.cseq.seq} CANCEL")
-    cancel.headers.remove("Content-Type")
-    cancel.body = b""
+    cancel = carrier_cancel(invite)
     await trunk.send(cancel, gw.udp4)
     assert (await trunk.expect_response(cancel)).status == 200
     terminated = await trunk.expect_response(invite)
