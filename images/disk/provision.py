@@ -103,7 +103,10 @@ def check_authorized_keys(path: Path) -> int:
 
 
 def _mtools(*command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as exc:  # not installed: ./justw image-provision installs mtools
+        raise ProvisionError(f"{command[0]}: {exc.strerror or exc} (Debian: mtools)") from exc
 
 
 def write_seed(target: Path, files: dict[str, Path]) -> list[str]:
@@ -112,7 +115,7 @@ def write_seed(target: Path, files: dict[str, Path]) -> list[str]:
     try:
         esp = build.esp_path(target)
     except (build.BuildError, KeyError) as exc:
-        raise ProvisionError(f"{target}: no GPT partition named esp: {exc}") from exc
+        raise ProvisionError(f"{target}: cannot find its ESP (GPT name esp): {exc}") from exc
     _mtools("mmd", "-i", esp, f"::/{SEED}")  # fails only when it exists: checked below
     _mtools("mdel", "-i", esp, f"::/{SEED}/ERRORS.txt")
     for name, source in files.items():

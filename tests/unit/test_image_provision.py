@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from images.disk import provision
+from images.disk import build, provision
 from images.disk.provision import ProvisionError, check_authorized_keys, check_config
 
 
@@ -129,3 +129,15 @@ def test_the_command_needs_a_file_to_provision(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exited:
         provision.main([str(tmp_path / "disk.img")])
     assert exited.value.code == 2
+
+
+def test_a_target_without_an_esp_or_without_mtools_gets_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_a_disk = _write(tmp_path, "notes.txt", "not a disk image\n")
+    with pytest.raises(ProvisionError, match=r"notes.txt: cannot find its ESP \(GPT name esp\)"):
+        provision.write_seed(not_a_disk, {})
+    monkeypatch.setattr(build, "esp_path", lambda target: f"{target}@@1048576")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mtools on it
+    with pytest.raises(ProvisionError, match=r"^mmd: No such file or directory \(Debian: mtools\)"):
+        provision.write_seed(not_a_disk, {})
