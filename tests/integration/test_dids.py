@@ -54,21 +54,39 @@ def carrier_invite(trunk: UdpPeer, gw: GatewayUnderTest, number: str) -> Request
     return invite
 
 
-def carrier_cancel(invite: Request) -> Request:
-    """The carrier's CANCEL of `invite` (RFC 3261 9.1: its Via, Call-ID, tags, CSeq number)."""
-    cancel = Request("CANCEL", invite.uri, invite.headers.copy())
-    cancel.headers.set("CSeq", f"{invite.cseq.seq} CANCEL")
-    cancel.headers.remove("Content-Type")
-    cancel.body = b""
-    return cancel
-
-
 async def registered_app(gw: GatewayUnderTest) -> UdpPeer:
     """Subscriber 1002's app, registered."""
     app = await UdpPeer.open(gw.udp4)
     register = app.request("REGISTER", f"sip:{app.domain}", from_user="1002", to_user="1002")
     assert (await app.with_auth(register, "1002")).status == 200
     return app
+
+
+async def ring_the_app(
+    gw: GatewayUnderTest, trunk: UdpPeer, *, require: str | None = None
+) -> tuple[UdpPeer, Request, Request]:
+    """The carrier calls 1002's number and the registered app gets the INVITE: the app,
+    the carrier's INVITE (with `Require: require` if given) and the app's."""
+    app = await registered_app(gw)
+    invite = carrier_invite(trunk, gw, NUMBERS["1002"])
+    if require is not None:
+        invite.headers.add("Require", require)
+    await trunk.send(invite, gw.udp4)
+    return app, invite, await app.expect_request("INVITE")
+
+
+async def carrier_cancels(gw: GatewayUnderTest, trunk: UdpPeer, invite: Request) -> None:
+    """The carrier's CANCEL (RFC 3261 9.1: the INVITE's Via, Call-ID, tags and CSeq number):
+    200 for it, 487 for the INVITE, which the carrier ACKs."""
+    cancel = Request("CANCEL", invite.uri, invite.headers.copy())
+    cancel.headers.set("CSeq", f"{invite.cseq.seq} CANCEL")
+    cancel.headers.remove("Content-Type")
+    cancel.body = b""
+    await trunk.send(cancel, gw.udp4)
+    assert (await trunk.expect_response(cancel)).status == 200
+    terminated = await trunk.expect_response(invite)
+    assert terminated.status == 487
+    await trunk.send(ack_for_failure(invite, terminated), gw.udp4)
 
 
 async def cdrs(gw: GatewayUnderTest, count: int) -> list[Cdr]:
@@ -81,10 +99,7 @@ async def cdrs(gw: GatewayUnderTest, count: int) -> list[Cdr]:
 async def test_a_carrier_call_to_a_number_rings_its_owners_app(
     gw: GatewayUnderTest, trunk: UdpPeer
 ) -> None:
-    app = await registered_app(gw)
-    invite = carrier_invite(trunk, gw, NUMBERS["1002"])
-    await trunk.send(invite, gw.udp4)
-    ringing = await app.expect_request("INVITE")
+    app, invite, ringing = await ring_the_app(gw, trunk)
     assert CARRIER_CALLER in (ringing.headers.get("From") or "")
     assert b"RTP/SAVP" in ringing.body  # the app leg gets SRTP, the carrier's stays plain
     await app.reply(ringing, 486, to_tag="busy", to=gw.udp4)
@@ -177,11 +192,7 @@ async def test_a_caller_that_never_prack_s_can_still_cancel_the_held_answer(
     # The carrier requires 100rel; the app rings and answers at once. Our 2xx waits for the
     # PRACK of the reliable 180, which never comes: the carrier's CANCEL gets the INVITE a
     # 487, the app is hung up, and the call was never answered (nor billed).
-    app = await registered_app(gw)
-    invite = carrier_invite(trunk, gw, NUMBERS["1002"])
-    invite.headers.add("Require", "100rel")
-    await trunk.send(invite, gw.udp4)
-    ringing = await app.expect_request("INVITE")
+    app, invite, ringing = await ring_the_app(gw, trunk, require="100rel")
     await app.reply(ringing, 180, to_tag="app", to=gw.udp4)
     contact = f"<sip:1002@127.0.0.1:{app.local[1]}>"
     body = sdp_offer("127.0.0.1", 43000)
@@ -189,12 +200,7 @@ async def test_a_caller_that_never_prack_s_can_still_cancel_the_held_answer(
     await app.expect_request("ACK")
     reliable = await trunk.expect_response(invite, final=False)
     assert reliable.status == 180 and reliable.headers.get("RSeq")
-    cancel = carrier_cancel(invite)
-    await trunk.send(cancel, gw.udp4)
-    assert (await trunk.expect_response(cancel)).status == 200
-    terminated = await trunk.expect_response(invite)
-    assert terminated.status == 487
-    await trunk.send(ack_for_failure(invite, terminated), gw.udp4)
+    await carrier_cancels(gw, trunk, invite)
     bye = await app.expect_request("BYE")
     await app.reply(bye, 200, to=gw.udp4)
     [cdr] = await cdrs(gw, 1)
@@ -210,17 +216,9 @@ async def test_an_answer_crossing_our_cancel_is_acked_and_hung_up_once(
     # gets its 487; the app's 2xx is ACKed and the app hung up, or it would hold an answered
     # call nobody is on until it gave up on the ACK. Its retransmitted 2xx is ACKed again
     # and draws no second BYE.
-    app = await registered_app(gw)
-    invite = carrier_invite(trunk, gw, NUMBERS["1002"])
-    await trunk.send(invite, gw.udp4)
-    ringing = await app.expect_request("INVITE")
+    app, invite, ringing = await ring_the_app(gw, trunk)
     await app.reply(ringing, 180, to_tag="app", to=gw.udp4)
-    cancel = carrier_cancel(invite)
-    await trunk.send(cancel, gw.udp4)
-    assert (await trunk.expect_response(cancel)).status == 200
-    terminated = await trunk.expect_response(invite)
-    assert terminated.status == 487
-    await trunk.send(ack_for_failure(invite, terminated), gw.udp4)
+    await carrier_cancels(gw, trunk, invite)
     ours = await app.expect_request("CANCEL")
     assert ours.call_id == ringing.call_id
     contact = f"<sip:1002@127.0.0.1:{app.local[1]}>"
