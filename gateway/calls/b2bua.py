@@ -296,6 +296,11 @@ class MaskedCall:
     bill_users: tuple[Payer, ...] = ()  # who pays when the partner's budget is spent
 
 
+def unanswered(branches: list[Branch], winner: Branch | None) -> list[Branch]:
+    """The forks of `branches` with no final response, the answering one (`winner`) aside."""
+    return [branch for branch in branches if branch is not winner and branch.final is None]
+
+
 def attempts_of(route: Route) -> list[Route]:
     """The routes a call tries in turn: the app (then its fallback number's trunks), or
     each trunk of a number in least-cost order. Each trunk attempt has one trunk."""
@@ -647,9 +652,8 @@ class Call:
         if self.record.end is None:
             self.record.finish("gateway-shutdown", None)
         self._close_caller_transaction()
-        for branch in [*self._old_branches, *self.branches]:
-            if branch is not self.winner and branch.final is None:
-                self._cancel_branch(branch, force=True)
+        for branch in self._unanswered_branches():
+            self._cancel_branch(branch, force=True)
         self._release()
         for leg in (self.a, self.b):
             if leg.dialog is not None and leg.destination is not None and not leg.acked.is_set():
@@ -1089,34 +1093,29 @@ class Call:
         retransmissions (RFC 6026 7.2 hands them to us) are ACKed again, never BYE'd twice."""
         tag = response.to.tag or ""
         late = branch.released.get(tag)
+        first = late is None
         if late is None:
             try:
                 late = Dialog.as_uac(branch.request, response)
             except DialogError:
                 return  # no usable Contact: it cannot be reached in-dialog
             branch.released[tag] = late
-            bye: Request | None = late.create_request("BYE")
-        else:
-            bye = None
         self.host.endpoint.send_ack(late.create_ack(response.cseq.seq), branch.destination)
-        if bye is not None:
+        if first:
+            bye = late.create_request("BYE")
             self._finish_headers(bye)
             self.host.endpoint.send_request(bye, branch.destination)
 
     def _unanswered_branches(self) -> list[Branch]:
         """The forks, of every route tried, that never got a final response."""
-        return [
-            b
-            for b in (*self._old_branches, *self.branches)
-            if b is not self.winner and b.final is None and b.handle is not None
-        ]
+        return unanswered([*self._old_branches, *self.branches], self.winner)
 
     async def _release_late_answers(self) -> None:
         """After the call: a fork we cancelled may still answer, its 2xx having crossed our
         CANCEL; the callee would then hold an answered call nobody is on. Each fork is heard
         until its INVITE transaction ends (Timer B, or 64*T1 after a 2xx, RFC 6026), and
         every 2xx is ACKed and hung up."""
-        pending = self._unanswered_branches()
+        pending = [branch for branch in self._unanswered_branches() if branch.handle is not None]
         if not pending:
             return
         with trio.move_on_after(64 * self.config.sip.t1 + 1.0):

@@ -37,6 +37,7 @@ from gateway.calls.b2bua import (
     route_family,
     route_role,
     targets,
+    unanswered,
 )
 from gateway.calls.billing import Payer
 from gateway.calls.call import CallRecord, CallState, disposition_for
@@ -149,18 +150,12 @@ class ClickToCall(Call):
 
     def _close_caller_transaction(self) -> None:
         # Nobody called us: what is still pending toward A is cancelled instead.
-        for branch in self.a_branches:
-            if branch is not self.a_winner and branch.final is None:
-                self._cancel_branch(branch, force=True)
+        for branch in unanswered(self.a_branches, self.a_winner):
+            self._cancel_branch(branch, force=True)
         self._release_a()
 
     def _unanswered_branches(self) -> list[Branch]:
-        toward_a = [
-            b
-            for b in self.a_branches
-            if b is not self.a_winner and b.final is None and b.handle is not None
-        ]
-        return [*super()._unanswered_branches(), *toward_a]
+        return [*super()._unanswered_branches(), *unanswered(self.a_branches, self.a_winner)]
 
     def _identity(self, destination: Destination) -> tuple[str, str]:
         return self._identity_toward("b", self.route, destination)
